@@ -1,0 +1,66 @@
+"""Pure-torch reference formulation: the oracle in tests and the baseline in benchmarks.
+
+This is the regularizer as the authors wrote it: a full ``torch.linalg.eigvalsh`` of
+``S`` with autograd through it. It is small and obviously correct, and costs an
+eigendecomposition (``O(d^3)``) forward and backward.
+
+    R_well(S) = 1/2 sigma_max(S)^2 - ||S||_F^2 / (2k)
+    R_ill(S)  = 1 / D(S),   D(S) = ||S||_F^2 / (2k) - 1/2 sigma_min(S)^2
+
+``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
+``rtol * sigma_max`` (default ``rtol = d * eps(S.dtype)``, torch.linalg.matrix_rank's rule).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "default_rtol",
+    "extreme_eigvals",
+    "condition_number",
+    "r_ill",
+    "r_well",
+]
+
+
+def default_rtol(S: torch.Tensor) -> float:
+    """``d * eps(dtype)``: eigenvalues below ``rtol * sigma_max`` count as numerically zero."""
+    return S.shape[-1] * torch.finfo(S.dtype).eps
+
+
+def extreme_eigvals(S: torch.Tensor, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma_min, sigma_max)`` of a symmetric PSD ``S`` by a full ``eigvalsh``.
+
+    ``sigma_min`` is the smallest eigenvalue above ``rtol * sigma_max``. Differentiable
+    through ``eigvalsh`` (which computes eigenvectors when a gradient is needed).
+    """
+    rtol = default_rtol(S) if rtol is None else rtol
+    ev = torch.linalg.eigvalsh(S)
+    lam_max = ev[-1]
+    in_range = ev[ev > rtol * lam_max.detach()]
+    if in_range.numel() == 0:
+        raise ValueError("S has no eigenvalue above rtol * sigma_max (is S zero?)")
+    return in_range[0], lam_max
+
+
+def condition_number(S: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
+    """``kappa(S) = sigma_max / sigma_min`` over the numerical range."""
+    lam_min, lam_max = extreme_eigvals(S, rtol)
+    return lam_max / lam_min
+
+
+def _k(S: torch.Tensor, k: int | None) -> int:
+    return S.shape[-1] if k is None else k
+
+
+def r_well(S: torch.Tensor, k: int | None = None, rtol: float | None = None) -> torch.Tensor:
+    """``R_well(S) = 1/2 sigma_max^2 - ||S||_F^2 / (2k)``."""
+    _, lam_max = extreme_eigvals(S, rtol)
+    return 0.5 * lam_max**2 - S.square().sum() / (2 * _k(S, k))
+
+
+def r_ill(S: torch.Tensor, k: int | None = None, rtol: float | None = None) -> torch.Tensor:
+    """``R_ill(S) = 1 / (||S||_F^2 / (2k) - 1/2 sigma_min^2)``."""
+    lam_min, _ = extreme_eigvals(S, rtol)
+    return 1.0 / (S.square().sum() / (2 * _k(S, k)) - 0.5 * lam_min**2)

@@ -1,0 +1,56 @@
+// Validation shared by the CPU kernels. Every message names the op, the argument
+// and what was received; condnum/_ops.py's fake kernels check shapes and dtypes in
+// the same order.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace condnum {
+
+inline void check_matrix(const at::Tensor& t, const char* op, const char* arg,
+                         bool allow_half = false) {
+  TORCH_CHECK_VALUE(t.dim() == 2, "condnum.", op, ": ", arg, " must be a 2-D matrix, got a ",
+                    t.dim(), "-D tensor of shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.numel() > 0, "condnum.", op, ": ", arg, " must not be empty, got shape ",
+                    t.sizes());
+  const auto st = t.scalar_type();
+  const bool ok = st == at::kFloat || st == at::kDouble ||
+                  (allow_half && (st == at::kHalf || st == at::kBFloat16));
+  TORCH_CHECK_VALUE(ok, "condnum.", op, ": ", arg, " must be ",
+                    allow_half ? "float16, bfloat16, float32 or float64" : "float32 or float64",
+                    ", got ", st);
+}
+
+inline void check_square(const at::Tensor& S, const char* op, const char* arg) {
+  check_matrix(S, op, arg);
+  TORCH_CHECK_VALUE(S.size(0) == S.size(1), "condnum.", op, ": ", arg,
+                    " must be square, got shape ", S.sizes());
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op,
+                       const char* arg_a, const char* arg_b) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), "condnum.", op, ": ", arg_a, " and ", arg_b,
+                    " must be on the same device, got ", a.device(), " and ", b.device());
+  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "condnum.", op, ": ", arg_a, " and ",
+                    arg_b, " must have the same dtype, got ", a.scalar_type(), " and ",
+                    b.scalar_type());
+}
+
+inline void check_k(int64_t k, const char* op) {
+  TORCH_CHECK_VALUE(k > 0, "condnum.", op, ": k must be positive, got ", k);
+}
+
+// Symmetric matrices are accepted up to rounding: |S_ij - S_ji| <= sqrt(eps) * max|S|.
+template <typename scalar_t>
+constexpr double symmetry_rtol() {
+  return std::is_same_v<scalar_t, float> ? 3.5e-4 : 1.5e-8;
+}
+
+// Checks S (d x d, float32/float64) is finite and symmetric, and returns the
+// symmetrised copy (S + S^T) / 2 in `work_dtype`, contiguous.
+at::Tensor symmetrized(const at::Tensor& S, const char* op, const char* arg,
+                       at::ScalarType work_dtype);
+
+// ||S||_F^2 accumulated in float64 (S finite, any float dtype).
+double squared_norm(const at::Tensor& S);
+
+}  // namespace condnum

@@ -1,0 +1,103 @@
+// R_ill and R_well (Zheng et al. 2025) and their analytic gradients on the CPU.
+//
+//   R_well(S) = lam_max^2 / 2 - ||S||_F^2 / (2k)       dR_well/dS = lam_max u u^T - S / k
+//   R_ill(S)  = 1 / D,  D = ||S||_F^2 / (2k) - lam_min^2 / 2
+//                                                      dR_ill/dS = R_ill^2 (lam_min u u^T - S / k)
+// lam and u come from extreme_eigh and are treated as functions of S (first-order
+// perturbation: d lam = u^T dS u), so no eigendecomposition is differentiated.
+// S: (d, d), lam: (), u: (d,). Forward: one pass over S; backward: one fused pass
+// writing c_uu u u^T + c_s S.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cpu/checks.h"
+
+namespace condnum {
+namespace {
+
+void check_inputs(const at::Tensor& S, const at::Tensor& lam, const at::Tensor& u, int64_t k,
+                  const char* op, const char* lam_arg, const char* u_arg) {
+  check_square(S, op, "S");
+  check_k(k, op);
+  TORCH_CHECK_VALUE(lam.dim() == 0, "condnum.", op, ": ", lam_arg, " must be 0-dim, got shape ",
+                    lam.sizes());
+  TORCH_CHECK_VALUE(u.dim() == 1 && u.size(0) == S.size(0), "condnum.", op, ": ", u_arg,
+                    " must have shape (", S.size(0), ",), got ", u.sizes());
+  check_same(S, lam, op, "S", lam_arg);
+  check_same(S, u, op, "S", u_arg);
+}
+
+// out = c_uu u u^T + c_s S
+at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double c_uu,
+                                double c_s) {
+  const auto Sc = S.contiguous();
+  const auto uc = u.contiguous();
+  auto out = at::empty_like(Sc);
+  const int64_t d = Sc.size(0);
+  AT_DISPATCH_FLOATING_TYPES(Sc.scalar_type(), "rank_one_plus_scaled", [&] {
+    const scalar_t* s = Sc.const_data_ptr<scalar_t>();
+    const scalar_t* v = uc.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const auto a = static_cast<scalar_t>(c_uu), c = static_cast<scalar_t>(c_s);
+    at::parallel_for(0, d, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t ai = a * v[i];
+        for (int64_t j = 0; j < d; ++j) o[i * d + j] = ai * v[j] + c * s[i * d + j];
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor r_well_cpu(const at::Tensor& S, const at::Tensor& lam_max, const at::Tensor& u_max,
+                      int64_t k) {
+  check_inputs(S, lam_max, u_max, k, "r_well", "lam_max", "u_max");
+  const double lam = lam_max.item<double>();
+  return at::scalar_tensor(0.5 * lam * lam - squared_norm(S) / (2.0 * k), S.options());
+}
+
+at::Tensor r_well_backward_cpu(const at::Tensor& grad, const at::Tensor& S,
+                               const at::Tensor& lam_max, const at::Tensor& u_max, int64_t k) {
+  check_inputs(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
+  const double g = grad.item<double>();
+  return rank_one_plus_scaled(S, u_max, g * lam_max.item<double>(), -g / k);
+}
+
+at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::Tensor& u_min,
+                     int64_t k) {
+  check_inputs(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min");
+  const double lam = lam_min.item<double>();
+  const double half_mean_sq = squared_norm(S) / (2.0 * k);
+  const double D = half_mean_sq - 0.5 * lam * lam;
+  // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1); allow for rounding.
+  const double eps = S.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
+                                                   : std::numeric_limits<double>::epsilon();
+  TORCH_CHECK_VALUE(D > 64 * eps * half_mean_sq, "condnum.r_ill: R_ill(S) = 1/D is +inf: D(S) = ",
+                    "||S||_F^2/(2k) - lam_min^2/2 = ", D, " is zero to working precision, i.e. ",
+                    "all k = ", k, " eigenvalues equal lam_min = ", lam,
+                    " (kappa = 1), or k exceeds the number of eigenvalues");
+  return at::scalar_tensor(1.0 / D, S.options());
+}
+
+at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,
+                              const at::Tensor& lam_min, const at::Tensor& u_min, int64_t k) {
+  check_inputs(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
+  const double rv = r.item<double>();
+  const double g = grad.item<double>() * rv * rv;
+  return rank_one_plus_scaled(S, u_min, g * lam_min.item<double>(), -g / k);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(condnum, CPU, m) {
+  m.impl("r_well", &r_well_cpu);
+  m.impl("_r_well_backward", &r_well_backward_cpu);
+  m.impl("r_ill", &r_ill_cpu);
+  m.impl("_r_ill_backward", &r_ill_backward_cpu);
+}
+
+}  // namespace condnum

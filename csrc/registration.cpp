@@ -1,0 +1,36 @@
+// The condnum op surface: every schema in one place. Kernels register per device
+// (csrc/cpu/*.cpp for CPU, csrc/cuda/ops_cuda.cpp for CUDA); fake kernels and
+// autograd are attached from Python (condnum/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(condnum, m) {
+  // S = Z^T Z, exactly symmetric. Z: (N, d) -> S: (d, d).
+  m.def("gram(Tensor Z) -> Tensor");
+  // S = theta^T K theta. theta: (D, d), K: (D, D) symmetric -> S: (d, d).
+  m.def("covariance(Tensor theta, Tensor K) -> Tensor");
+  // Extreme eigenpairs of a symmetric PSD S: (lam_min, lam_max, u_min, u_max, err);
+  // lam_min is the smallest eigenvalue above rtol * lam_max; err (float64) bounds the
+  // eigenvalues' relative error (the Python wrappers warn when err > tol).
+  m.def(
+      "extreme_eigh(Tensor S, int num_iters, float rtol, float tol, Tensor? v0_min, "
+      "Tensor? v0_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Top eigenpair only (what R_well needs): (lam_max, u_max, err).
+  m.def("top_eigh(Tensor S, int num_iters, float tol, Tensor? v0) -> (Tensor, Tensor, Tensor)");
+  // R_ill = 1 / (||S||_F^2 / (2k) - lam_min^2 / 2) and its gradient w.r.t. S.
+  m.def("r_ill(Tensor S, Tensor lam_min, Tensor u_min, int k) -> Tensor");
+  m.def(
+      "_r_ill_backward(Tensor grad, Tensor S, Tensor r, Tensor lam_min, Tensor u_min, "
+      "int k) -> Tensor");
+  // R_well = lam_max^2 / 2 - ||S||_F^2 / (2k) and its gradient w.r.t. S.
+  m.def("r_well(Tensor S, Tensor lam_max, Tensor u_max, int k) -> Tensor");
+  m.def("_r_well_backward(Tensor grad, Tensor S, Tensor lam_max, Tensor u_max, int k) -> Tensor");
+  m.def("_built_with_cuda() -> bool", []() -> bool { return CONDNUM_WITH_CUDA; });
+}
+
+// The Python module is empty: importing it runs the static registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                   nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,59 @@
+"""Shared fixtures, tolerances and matrix builders for the condnum test suite.
+
+Tolerances are named and derived from what plain PyTorch achieves: a kernel's error
+against the float64 reference must be within the solver's requested accuracy, or a
+small multiple of plain ``torch.linalg.eigvalsh``'s error in the same dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+#: Requested relative accuracy of extreme eigenvalues (condnum.functional.DEFAULT_TOL),
+#: times a slack for the error-bound estimate and the input's rounding.
+EIG_RTOL = {torch.float32: 1e-3, torch.float64: 1e-6}
+#: Our error may also be up to this multiple of float32/float64 eigvalsh's own error.
+TORCH_BASELINE_MULTIPLE = 4.0
+#: Regularizer values (sums over d^2 entries) against the float64 reference.
+VALUE_RTOL = {torch.float32: 2e-3, torch.float64: 1e-6}
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def spd_from_spectrum(eigenvalues: torch.Tensor, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """``Q diag(eigenvalues) Q^T`` with a seeded random orthogonal Q, built in float64."""
+    d = eigenvalues.numel()
+    g = torch.Generator().manual_seed(seed)
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    Q = Q * torch.sign(torch.diagonal(R))
+    S = (Q * eigenvalues.to(torch.float64)) @ Q.T
+    return ((S + S.T) / 2).to(dtype)
+
+
+def log_spectrum(d: int, kappa: float, seed: int) -> torch.Tensor:
+    """Log-uniform eigenvalues in [1/kappa, 1], with both ends present."""
+    g = torch.Generator().manual_seed(seed)
+    ev = kappa ** (-torch.rand(d, generator=g, dtype=torch.float64))
+    if d >= 2:
+        ev[0], ev[1] = 1.0, 1.0 / kappa
+    return ev
+
+
+def reference_extremes(S: torch.Tensor, rtol: float) -> tuple[float, float]:
+    """(lam_min over the numerical range, lam_max) of S by float64 eigvalsh."""
+    ev = torch.linalg.eigvalsh(S.double())
+    return ev[ev > rtol * ev[-1]][0].item(), ev[-1].item()
+
+
+def rel_err(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.exists():
+        pytest.skip(f"shared data not found at {DATA_DIR}")
+    return DATA_DIR

@@ -1,0 +1,171 @@
+"""extreme_eigh / top_eigh / condition_number against float64 eigvalsh over generated spectra."""
+
+import math
+
+import pytest
+import torch
+from conftest import (
+    EIG_RTOL,
+    TORCH_BASELINE_MULTIPLE,
+    log_spectrum,
+    reference_extremes,
+    rel_err,
+    spd_from_spectrum,
+)
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from condnum import functional as F
+
+ops = torch.ops.condnum
+#: float32 matrices are tested up to this kappa, float64 ones up to 1e8 (issue 2).
+MAX_LOG10_KAPPA = {torch.float32: 5, torch.float64: 8}
+
+
+@st.composite
+def spectra(draw, dtype=None, max_d=256):
+    """(S, rtol) with a log-uniform spectrum, optionally with repeated or zero eigenvalues.
+
+    rtol sits a decade below the smallest nonzero eigenvalue, so the numerical-range
+    rule keeps all of them and drops the zeros (whose rounding noise is far smaller).
+    """
+    dtype = dtype or draw(st.sampled_from([torch.float32, torch.float64]))
+    d = draw(st.integers(1, max_d))
+    log_kappa = draw(st.floats(0, MAX_LOG10_KAPPA[dtype]))
+    seed = draw(st.integers(0, 2**31))
+    ev = log_spectrum(d, 10**log_kappa, seed)
+    if d >= 3 and draw(st.booleans()):  # repeated eigenvalues at both ends
+        reps = draw(st.integers(2, d - 1))
+        ev[1:reps] = ev[1]
+        ev[-reps:] = ev[0]
+    n_zero = draw(st.integers(0, d // 2)) if d >= 4 else 0
+    if n_zero:
+        ev[2 : 2 + n_zero] = 0.0
+        log_kappa = min(log_kappa, 3.0 if dtype == torch.float32 else 8.0)
+        ev[ev > 0] = ev[ev > 0].clamp(min=10**-log_kappa)
+    rtol = 0.1 * ev[ev > 0].min().item() / ev.max().item()
+    if n_zero and dtype == torch.float32:
+        rtol = max(rtol, 1e-4)  # above float32 rounding noise of the zero eigenvalues
+    return spd_from_spectrum(ev, seed, dtype), rtol
+
+
+def _torch_error(S: torch.Tensor, rtol: float, lam_min64: float) -> float:
+    ev = torch.linalg.eigvalsh(S)
+    return rel_err(ev[ev > rtol * ev[-1]][0].item(), lam_min64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(spectra())
+@example((spd_from_spectrum(torch.ones(1), 0, torch.float64), 0.1))  # d = 1
+@example((spd_from_spectrum(torch.full((7,), 3.0), 1, torch.float32), 0.1))  # kappa = 1
+def test_extreme_eigenvalues_match_float64_eigvalsh(case):
+    S, rtol = case
+    lam_min, lam_max, u_min, u_max = F.extreme_eigh(S, rtol=rtol)
+    ref_min, ref_max = reference_extremes(S, rtol)
+    tol = EIG_RTOL[S.dtype]
+    assert rel_err(lam_max.item(), ref_max) <= tol
+    baseline = TORCH_BASELINE_MULTIPLE * _torch_error(S, rtol, ref_min)
+    assert rel_err(lam_min.item(), ref_min) <= max(tol, baseline)
+    # the vectors are unit eigenvectors with the documented sign convention
+    for lam, u in ((lam_min, u_min), (lam_max, u_max)):
+        assert u.shape == (S.shape[0],) and u.dtype == S.dtype
+        assert abs(u.norm().item() - 1) < 1e-4
+        assert u[u.abs().argmax()] > 0
+        residual = (S.double() @ u.double() - lam.double() * u.double()).norm().item()
+        assert residual <= math.sqrt(tol) * ref_max
+
+
+@settings(max_examples=30, deadline=None)
+@given(spectra(), st.sampled_from([1e-3, 0.5, 3.0, 1024.0, 1e5]))
+def test_kappa_is_at_least_one_and_scale_invariant(case, c):
+    S, rtol = case
+    kappa = F.condition_number(S, rtol=rtol).item()
+    assert kappa >= 1 - 1e-6
+    assert rel_err(F.condition_number(c * S, rtol=rtol).item(), kappa) <= 2 * EIG_RTOL[S.dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_warm_start_converges_to_the_same_pairs(dtype):
+    S = spd_from_spectrum(log_spectrum(200, 1e4, 3), 3, dtype)
+    cold = F.extreme_eigh(S, rtol=1e-6)
+    noise = 1e-3 * torch.randn(200, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    warm = F.extreme_eigh(S, rtol=1e-6, v0_min=cold[2] + noise, v0_max=cold[3] - noise)
+    for a, b in zip(cold[:2], warm[:2]):
+        assert rel_err(a.item(), b.item()) <= EIG_RTOL[dtype]
+    # a warm start orthogonal to the true eigenvector must not be trusted blindly
+    ortho = torch.zeros(200, dtype=dtype)
+    ortho[0] = 1.0
+    ortho -= (ortho @ cold[2]) * cold[2]
+    again = F.extreme_eigh(S, rtol=1e-6, v0_min=ortho)
+    assert rel_err(again[0].item(), cold[0].item()) <= EIG_RTOL[dtype]
+
+
+def test_top_eigh_matches_extreme_eigh():
+    S = spd_from_spectrum(log_spectrum(100, 1e3, 5), 5, torch.float64)
+    lam, u = F.top_eigh(S)
+    _, ref = reference_extremes(S, 0.0)
+    assert rel_err(lam.item(), ref) <= EIG_RTOL[torch.float64]
+    assert abs(abs(u @ F.extreme_eigh(S)[3]) - 1) < 1e-6
+
+
+def test_zero_matrix():
+    lam_min, lam_max, _, _ = F.extreme_eigh(torch.zeros(4, 4))
+    assert lam_min.item() == 0 and lam_max.item() == 0
+    with pytest.raises(ValueError, match="S is zero"):
+        F.condition_number(torch.zeros(4, 4))
+
+
+def test_unconverged_budget_warns():
+    S = spd_from_spectrum(torch.linspace(1, 2, 300, dtype=torch.float64), 0, torch.float64)
+    with pytest.warns(UserWarning, match="did not reach tol = 1e-12 in num_iters = 3"):
+        F.extreme_eigh(S, num_iters=3, tol=1e-12)
+
+
+def test_eigenvalue_gradcheck():
+    S = spd_from_spectrum(torch.tensor([1.0, 2.0, 4.0, 7.0, 9.0]), 0, torch.float64)
+    A = S.clone().requires_grad_()
+
+    def f(A):
+        lam_min, lam_max, _, _ = F.extreme_eigh((A + A.T) / 2, tol=1e-13)
+        return lam_min, lam_max
+
+    assert torch.autograd.gradcheck(f, (A,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    S = spd_from_spectrum(log_spectrum(12, 100.0, 0), 0, dtype).requires_grad_()
+    torch.library.opcheck(ops.extreme_eigh.default, (S, 32, 1e-6, 1e-6, None, None))
+    torch.library.opcheck(ops.top_eigh.default, (S, 32, 1e-6, None))
+
+
+BAD_S = [
+    (torch.randn(4), "S must be a 2-D matrix, got a 1-D"),
+    (torch.randn(3, 4), "S must be square, got shape \\[3, 4\\]"),
+    (torch.empty(0, 0), "S must not be empty"),
+    (torch.eye(3, dtype=torch.int32), "S must be float32 or float64, got (Int|torch.int32)"),
+    (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), "S must be symmetric"),
+    (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), "S contains NaN or Inf"),
+    (torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), "S contains NaN or Inf"),
+    (torch.diag(torch.tensor([1.0, -1.0])), "S must be positive semi-definite"),
+]
+
+
+@pytest.mark.parametrize(("S", "match"), BAD_S)
+def test_bad_matrix(S, match):
+    with pytest.raises(ValueError, match=f"condnum.extreme_eigh: {match}"):
+        F.extreme_eigh(S)
+
+
+def test_bad_solver_arguments():
+    S = torch.eye(3) + 0.1
+    with pytest.raises(ValueError, match="num_iters must be >= 1, got 0"):
+        F.extreme_eigh(S, num_iters=0)
+    with pytest.raises(ValueError, match="rtol must be in \\[0, 1\\), got 2"):
+        F.extreme_eigh(S, rtol=2.0)
+    with pytest.raises(ValueError, match="v0_min must have shape \\(3,\\)"):
+        F.extreme_eigh(S, v0_min=torch.ones(4))
+    with pytest.raises(ValueError, match="v0_max must be finite and nonzero"):
+        F.extreme_eigh(S, v0_max=torch.zeros(3))
+    with pytest.raises(ValueError, match="same dtype"):
+        F.extreme_eigh(S, v0_max=torch.ones(3, dtype=torch.float64))

@@ -1,0 +1,97 @@
+"""gram(Z) = Z^T Z and covariance(theta, K) = theta^T K theta."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import condnum
+from condnum import functional as F
+
+ops = torch.ops.condnum
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    d=st.integers(1, 300),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31),
+)
+def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed):
+    Z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    S = F.gram(Z)
+    ref = Z.double().T @ Z.double()
+    torch_err = ((Z.T @ Z).double() - ref).abs().max()
+    assert S.dtype == dtype and S.shape == (d, d)
+    assert torch.equal(S, S.T)
+    # no worse than a plain matmul in the same dtype (blocking changes summation order)
+    assert (S.double() - ref).abs().max() <= 4 * torch_err + 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gram_half_inputs_accumulate_in_float32(dtype):
+    Z = torch.randn(2048, 64).to(dtype)
+    S = F.gram(Z)
+    assert S.dtype == torch.float32
+    ref = Z.double().T @ Z.double()
+    # float32 accumulation: error far below a half-precision accumulation's
+    assert ((S.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_covariance_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 30, generator=g, dtype=torch.float64)
+    K = X.T @ X
+    theta = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    S = F.covariance(theta, K)
+    torch.testing.assert_close(S, theta.T @ K @ theta, rtol=1e-12, atol=1e-10)
+    assert torch.equal(S, S.T)
+
+
+def test_gram_gradcheck():
+    Z = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(F.gram, (Z,))
+    assert torch.autograd.gradgradcheck(F.gram, (Z,))
+
+
+def test_covariance_gradcheck():
+    theta = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    # covariance requires a symmetric K: check through K = A + A^T
+    assert torch.autograd.gradcheck(lambda t, a: F.covariance(t, a + a.T), (theta, A))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    Z = torch.randn(9, 4, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(ops.gram.default, (Z,))
+    X = torch.randn(8, 5, dtype=dtype)
+    theta = torch.randn(5, 3, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(ops.covariance.default, (theta, X.T @ X))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((torch.randn(5),), "Z must be a 2-D matrix, got a 1-D"),
+        ((torch.randn(0, 3),), "Z must not be empty"),
+        ((torch.ones(3, 3, dtype=torch.int64),), "Z must be float16, bfloat16, float32 or float64"),
+    ],
+)
+def test_gram_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        F.gram(*args)
+
+
+def test_covariance_bad_input():
+    K = torch.eye(4)
+    with pytest.raises(ValueError, match="K must be \\(D, D\\)"):
+        F.covariance(torch.randn(3, 2), K)
+    with pytest.raises(ValueError, match="K must be symmetric"):
+        F.covariance(torch.randn(4, 2), torch.randn(4, 4) + 10 * torch.eye(4).flip(0).triu())
+    with pytest.raises(ValueError, match="same dtype"):
+        F.covariance(torch.randn(4, 2, dtype=torch.float64), K)
+    with pytest.raises(ValueError, match="K contains NaN or Inf"):
+        F.covariance(torch.randn(4, 2), torch.full((4, 4), float("nan")))
+    assert condnum.built_with_cuda() in (True, False)

@@ -1,0 +1,191 @@
+"""r_ill / r_well and the RIll / RWell modules: values, analytic gradients, properties."""
+
+import pytest
+import torch
+from conftest import VALUE_RTOL, log_spectrum, rel_err, spd_from_spectrum
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import condnum
+from condnum import functional as F
+from condnum import reference
+
+ops = torch.ops.condnum
+#: Exact eigen-solves for gradcheck: Lanczos spans the whole space when d <= num_iters.
+EXACT = {"tol": 1e-13}
+
+
+def _spd(d, kappa, seed, dtype=torch.float64):
+    return spd_from_spectrum(log_spectrum(d, kappa, seed), seed, dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d=st.integers(2, 128),
+    log_kappa=st.floats(0.5, 6),
+    seed=st.integers(0, 2**31),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    k_offset=st.integers(0, 5),
+)
+def test_values_match_reference(d, log_kappa, seed, dtype, k_offset):
+    S = _spd(d, 10**log_kappa, seed, dtype)
+    k = max(1, d - k_offset)
+    rtol = 0.1 * 10**-log_kappa
+    assert rel_err(F.r_well(S, k).item(), reference.r_well(S.double(), k).item()) <= VALUE_RTOL[
+        dtype
+    ] * max(1.0, abs(reference.r_well(S.double(), k).item()) ** -1)
+    assert rel_err(
+        F.r_ill(S, k, rtol).item(), reference.r_ill(S.double(), k, rtol).item()
+    ) <= VALUE_RTOL[dtype]
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(2, 64), log_kappa=st.floats(0, 6), seed=st.integers(0, 2**31))
+def test_r_well_nonnegative_and_r_ill_positive(d, log_kappa, seed):
+    S = _spd(d, 10**log_kappa, seed)
+    assert F.r_well(S).item() >= -1e-12 * S.square().sum().item()
+    if log_kappa > 1e-3:
+        assert F.r_ill(S, rtol=0.0).item() > 0
+
+
+def test_r_well_zero_iff_all_eigenvalues_equal():
+    S = spd_from_spectrum(torch.full((6,), 2.5, dtype=torch.float64), 0, torch.float64)
+    assert abs(F.r_well(S).item()) < 1e-12
+    S2 = spd_from_spectrum(torch.tensor([2.5] * 5 + [2.6], dtype=torch.float64), 0, torch.float64)
+    assert F.r_well(S2).item() > 1e-4
+
+
+def test_r_ill_at_kappa_one_says_infinite():
+    with pytest.raises(ValueError, match="R_ill\\(S\\) = 1/D is \\+inf.*kappa = 1"):
+        F.r_ill(3.0 * torch.eye(5))
+    with pytest.raises(ValueError, match="\\+inf"):
+        F.r_ill(torch.eye(1, dtype=torch.float64))  # d = 1
+
+
+@pytest.mark.parametrize("fn", [F.r_ill, F.r_well])
+def test_gradcheck_from_S(fn):
+    S = _spd(7, 50.0, 0).requires_grad_()
+    # S must stay symmetric under finite differences: differentiate through (A + A^T) / 2
+    assert torch.autograd.gradcheck(lambda A: fn((A + A.T) / 2, **EXACT), (S,))
+
+
+def test_degenerate_extremes_give_finite_gradients():
+    # repeated sigma_min and sigma_max: any unit vector of the eigenspace is a subgradient
+    ev = torch.tensor([1.0, 1.0, 1.0, 3.0, 5.0, 5.0], dtype=torch.float64)
+    S = spd_from_spectrum(ev, 2, torch.float64).requires_grad_()
+    (F.r_ill(S) + F.r_well(S)).backward()
+    assert torch.isfinite(S.grad).all()
+
+
+@pytest.mark.parametrize("module", [condnum.RIll, condnum.RWell])
+@pytest.mark.parametrize("shape", [(9, 5), (4, 7)])  # N >= d and N < d (N x N Gram)
+def test_modules_equal_functional_and_gradcheck_from_features(module, shape):
+    Z = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    fn = F.r_ill if module is condnum.RIll else F.r_well
+    rule = {"rtol": 1e-10} if module is condnum.RIll else {}
+    expected = fn(Z.T @ Z, **rule, **EXACT)
+    m = module(**rule, **EXACT)
+    torch.testing.assert_close(m(Z), expected, rtol=1e-9, atol=0)
+    assert torch.autograd.gradcheck(m, (Z.clone().requires_grad_(),))
+
+
+def test_gradcheck_from_theta_and_K():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 6, dtype=torch.float64, generator=g)
+    theta = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    K = (X.T @ X).requires_grad_()
+
+    def loss(theta, K):
+        S = F.covariance(theta, (K + K.T) / 2)
+        return F.r_ill(S, **EXACT) + F.r_well(S, **EXACT)
+
+    assert torch.autograd.gradcheck(loss, (theta, K))
+
+
+def test_modules_keep_warm_start_buffers():
+    m = condnum.RIll()
+    Z = torch.randn(64, 16, dtype=torch.float64)
+    first = m(Z)
+    assert m.u_min.shape == (16,) and m.u_max.shape == (16,)
+    u = m.u_min.clone()
+    second = m(Z)
+    torch.testing.assert_close(first, second, rtol=1e-9, atol=0)
+    assert abs(abs(m.u_min @ u) - 1) < 1e-6
+    assert "u_min" in m.state_dict()
+
+
+def _kappa(S):
+    return reference.condition_number(S.double(), rtol=0.0).item()
+
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(3, 40), log_kappa=st.floats(0.5, 4), seed=st.integers(0, 2**31))
+def test_gradient_steps_move_kappa_as_the_paper_proves(d, log_kappa, seed):
+    """One small step on R_ill increases kappa; on R_well it decreases kappa."""
+    S = _spd(d, 10**log_kappa, seed)
+    for fn, direction in ((F.r_ill, 1), (F.r_well, -1)):
+        A = S.clone().requires_grad_()
+        value = fn(A, rtol=0.0, **EXACT) if fn is F.r_ill else fn(A, **EXACT)
+        (grad,) = torch.autograd.grad(value, A)
+        eta = 1e-3 / grad.norm().item() * S.norm().item()  # a step of 0.1% of ||S||
+        stepped = S - eta * grad
+        assert direction * (_kappa(stepped) - _kappa(S)) > 0
+
+
+def test_torch_compile_fullgraph_forward_backward():
+    r_ill, r_well = condnum.RIll(), condnum.RWell()
+    # features with well-separated extreme singular values, so u_min/u_max are well defined
+    U, _ = torch.linalg.qr(torch.randn(256, 32, dtype=torch.float64))
+    sv = torch.logspace(0, -2, 32, dtype=torch.float64)
+    Z = ((U * sv) @ torch.linalg.qr(torch.randn(32, 32, dtype=torch.float64))[0]).float()
+    r_ill(Z), r_well(Z)  # size the warm-start buffers eagerly
+
+    def step(Z):
+        return r_ill(Z) + r_well(Z)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    Zc = Z.clone().requires_grad_()
+    Ze = Z.clone().requires_grad_()
+    compiled(Zc).backward()
+    step(Ze).backward()
+    torch.testing.assert_close(Zc.grad, Ze.grad, rtol=1e-4, atol=1e-6)
+
+    fn = torch.compile(lambda S: F.r_ill(S) + F.r_well(S), fullgraph=True, backend="aot_eager")
+    S = F.gram(Z)
+    torch.testing.assert_close(fn(S), F.r_ill(S) + F.r_well(S))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    S = _spd(10, 20.0, 1, dtype).requires_grad_()
+    lam_min, lam_max, u_min, u_max = F.extreme_eigh(S.detach(), rtol=0.0)
+    torch.library.opcheck(ops.r_ill.default, (S, lam_min, u_min, 10))
+    torch.library.opcheck(ops.r_well.default, (S, lam_max, u_max, 8))
+    g = torch.tensor(0.5, dtype=dtype)
+    r = ops.r_ill(S.detach(), lam_min, u_min, 10)
+    torch.library.opcheck(ops._r_ill_backward.default, (g, S.detach(), r, lam_min, u_min, 10))
+    torch.library.opcheck(ops._r_well_backward.default, (g, S.detach(), lam_max, u_max, 10))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: F.r_ill(torch.eye(3) + 1, k=0), "k must be positive, got 0"),
+        (lambda: F.r_well(torch.eye(3) + 1, k=-2), "k must be positive, got -2"),
+        (lambda: F.r_ill(torch.randn(3)), "r_ill: S must be a 2-D matrix"),
+        (lambda: F.r_well(torch.randn(2, 3)), "r_well: S must be square"),
+        (lambda: F.r_well(torch.eye(2, dtype=torch.int64)), "S must be float32 or float64"),
+        (lambda: F.r_ill(torch.empty(0, 0)), "S must not be empty"),
+        (lambda: F.r_ill(torch.full((2, 2), float("inf"))), "S contains NaN or Inf"),
+        (lambda: condnum.RIll()(torch.randn(5)), "expected a 2-D input"),
+        (lambda: condnum.RIll(k=0), "k must be positive"),
+        (lambda: condnum.RWell(input="hessian"), "input must be 'features' or 'gram'"),
+        (
+            lambda: ops.r_ill(torch.eye(2), torch.tensor(1.0, dtype=torch.float64), torch.ones(2), 2),
+            "S and lam_min must have the same dtype",
+        ),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
