@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import VALUE_RTOL, log_spectrum, rel_err, spd_from_spectrum
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import condnum
@@ -27,6 +27,8 @@ def _spd(d, kappa, seed, dtype=torch.float64):
     dtype=st.sampled_from([torch.float32, torch.float64]),
     k_offset=st.integers(0, 5),
 )
+# lam_max gap of 0.33%: an r^2/gap convergence test accepted the second eigenvalue
+@example(d=27, log_kappa=1.0, seed=346, dtype=torch.float32, k_offset=0)
 def test_values_match_reference(d, log_kappa, seed, dtype, k_offset):
     S = _spd(d, 10**log_kappa, seed, dtype)
     k = max(1, d - k_offset)

@@ -12,7 +12,7 @@
 //    spectrum, (1/(2 tau), 1/tau], so the wanted one is the largest Ritz value whose
 //    lam = 1/theta - tau exceeds rtol * lam_max; relative accuracy does not degrade
 //    with kappa.
-// Convergence: a Ritz value is accepted when its error bound min(r, r^2/gap) is below
+// Convergence: a Ritz value is accepted when its residual norm r (|lam - theta| <= r) is below
 // tol * |lam|. Cost: O(m d^2) for step 1; d^3/3 (Cholesky) + O(m d^2) for step 2.
 // Eigenvector signs: the component of largest magnitude is positive.
 #include <ATen/ATen.h>

@@ -36,12 +36,11 @@ bool is_check_step(int64_t m) { return m >= 8 && m % 4 == 0; }
 }  // namespace
 
 double RitzPairs::error_bound(int64_t i) const {
-  const double r = residuals[i].item<double>();
-  double gap = std::numeric_limits<double>::infinity();
-  const double* v = values.const_data_ptr<double>();
-  for (int64_t j = 0; j < m; ++j)
-    if (j != i) gap = std::min(gap, std::abs(v[j] - v[i]));
-  return std::min(r, r * r / gap);
+  // The residual bounds the distance to the nearest eigenvalue (|lam - theta| <= r).
+  // The sharper r^2/gap needs the gap to the rest of the true spectrum; the gap between
+  // Ritz values overestimates it while a cluster is unresolved, and accepted a Ritz
+  // value of the second eigenvalue (0.9967 for 1.0) in a test.
+  return residuals[i].item<double>();
 }
 
 at::Tensor LanczosResult::ritz_vector(int64_t i) const {

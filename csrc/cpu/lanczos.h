@@ -20,7 +20,7 @@ struct RitzPairs {
   int64_t m = 0;
   bool invariant = false;  // the Krylov space is A-invariant: Ritz pairs are exact
 
-  // Error bound for Ritz value i: min(r, r^2 / gap), gap = distance to the other Ritz values.
+  // Error bound for Ritz value i: its residual norm.
   double error_bound(int64_t i) const;
   double value(int64_t i) const { return values[i].item<double>(); }
 };
