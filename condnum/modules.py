@@ -5,6 +5,11 @@ exactly (no 1/N), so the paper's lambda values carry over. When N < d the nonzer
 spectrum of ``Z^T Z`` is that of the N x N ``Z Z^T``, which is used instead (same value,
 same gradient, smaller solve). The eigenvectors of the last call are kept as buffers
 (like ``spectral_norm`` keeps ``u``) and warm-start the next solve.
+
+With ``process_group`` (data-parallel training), the Gram of the global batch
+``sum_r Z_r^T Z_r`` is all-reduced over the group, so kappa is estimated from every
+rank's samples and each rank's gradient w.r.t. its own features is the global loss's
+(see ``condnum.distributed``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch
 from torch import nn
 
 from condnum import functional as F
+from condnum.distributed import all_reduce_gram
 from condnum._ops import ops
 
 __all__ = ["RIll", "RWell"]
@@ -29,6 +35,7 @@ class _SpectralRegularizer(nn.Module):
         input: str = "features",
         num_iters: int | None = None,
         tol: float | None = None,
+        process_group=None,
     ) -> None:
         super().__init__()
         if input not in ("features", "gram"):
@@ -36,6 +43,7 @@ class _SpectralRegularizer(nn.Module):
         if k is not None:
             F._resolve_k(torch.empty(1, 1), k, type(self).__name__)
         self.k, self.input, self.num_iters, self.tol = k, input, num_iters, tol
+        self.process_group = process_group
         self.register_buffer("u_min", torch.zeros(0))
         self.register_buffer("u_max", torch.zeros(0))
 
@@ -47,8 +55,10 @@ class _SpectralRegularizer(nn.Module):
         if self.input == "gram":
             return Z, F._resolve_k(Z, self.k, name)
         n, d = Z.shape
-        S = F.gram(Z) if n >= d else F.gram(Z.mT)
-        return S, d if self.k is None else self.k
+        k = d if self.k is None else self.k
+        if self.process_group is not None:  # the global batch's d x d Gram
+            return all_reduce_gram(F.gram(Z), self.process_group), k
+        return (F.gram(Z) if n >= d else F.gram(Z.mT)), k
 
     def _warm(self, buf: torch.Tensor, S: torch.Tensor) -> torch.Tensor | None:
         ok = buf.shape == (S.shape[0],) and buf.dtype == S.dtype and buf.device == S.device
@@ -70,7 +80,8 @@ class RIll(_SpectralRegularizer):
 
     Args: ``k`` (default d), ``rtol`` (numerical-range threshold, default d eps),
     ``input="features"`` (Z of shape (N, d)) or ``"gram"`` (S of shape (d, d)),
-    ``num_iters`` / ``tol`` for the eigen-solver.
+    ``num_iters`` / ``tol`` for the eigen-solver, ``process_group`` to use the global
+    batch's Gram in data-parallel training.
     """
 
     def __init__(self, k: int | None = None, rtol: float | None = None, **kwargs) -> None:
