@@ -15,8 +15,11 @@ except ImportError as err:  # pragma: no cover - exercised only on a broken inst
         "`pip install --no-build-isolation -e .` from the repository root."
     ) from err
 
-from condnum import _ops  # noqa: E402,F401
-from condnum import functional, reference  # noqa: E402
+from condnum import (  # noqa: E402
+    _ops,  # noqa: E402,F401
+    functional,
+    reference,
+)
 from condnum.modules import RIll, RWell  # noqa: E402
 
 __version__ = "0.1.0"

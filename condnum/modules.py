@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from condnum import functional as F
-from condnum.distributed import all_reduce_gram
 from condnum._ops import ops
+from condnum.distributed import all_reduce_gram
 
 __all__ = ["RIll", "RWell"]
 
@@ -76,7 +76,7 @@ class _SpectralRegularizer(nn.Module):
 
 
 class RIll(_SpectralRegularizer):
-    """``R_ill(Z^T Z) = 1 / (||Z^T Z||_F^2 / (2k) - 1/2 sigma_min^2)``: makes the probe ill-conditioned.
+    """``R_ill(Z^T Z) = 1 / (||Z^T Z||_F^2/(2k) - sigma_min^2/2)``: makes probing ill-conditioned.
 
     Args: ``k`` (default d), ``rtol`` (numerical-range threshold, default d eps),
     ``input="features"`` (Z of shape (N, d)) or ``"gram"`` (S of shape (d, d)),
@@ -105,7 +105,7 @@ class RIll(_SpectralRegularizer):
 
 
 class RWell(_SpectralRegularizer):
-    """``R_well(Z^T Z) = 1/2 sigma_max^2 - ||Z^T Z||_F^2 / (2k)``: keeps the probe well-conditioned.
+    """``R_well(Z^T Z) = sigma_max^2/2 - ||Z^T Z||_F^2/(2k)``: keeps probing well-conditioned.
 
     Args as ``RIll`` (no ``rtol``: only the top eigenpair is needed).
     """

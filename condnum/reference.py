@@ -29,7 +29,9 @@ def default_rtol(S: torch.Tensor) -> float:
     return S.shape[-1] * torch.finfo(S.dtype).eps
 
 
-def extreme_eigvals(S: torch.Tensor, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extreme_eigvals(
+    S: torch.Tensor, rtol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sigma_min, sigma_max)`` of a symmetric PSD ``S`` by a full ``eigvalsh``.
 
     ``sigma_min`` is the smallest eigenvalue above ``rtol * sigma_max``. Differentiable

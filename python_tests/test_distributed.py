@@ -20,7 +20,8 @@ def _free_port() -> int:
 
 
 def _features() -> torch.Tensor:
-    U, _ = torch.linalg.qr(torch.randn(96, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(96, 12, dtype=torch.float64, generator=g))
     return U * torch.logspace(0, -1.5, 12, dtype=torch.float64)
 
 

@@ -90,7 +90,7 @@ def test_warm_start_converges_to_the_same_pairs(dtype):
     cold = F.extreme_eigh(S, rtol=1e-6)
     noise = 1e-3 * torch.randn(200, dtype=dtype, generator=torch.Generator().manual_seed(1))
     warm = F.extreme_eigh(S, rtol=1e-6, v0_min=cold[2] + noise, v0_max=cold[3] - noise)
-    for a, b in zip(cold[:2], warm[:2]):
+    for a, b in zip(cold[:2], warm[:2], strict=True):
         assert rel_err(a.item(), b.item()) <= EIG_RTOL[dtype]
     # a warm start orthogonal to the true eigenvector must not be trusted blindly
     ortho = torch.zeros(200, dtype=dtype)

@@ -183,7 +183,7 @@ def test_opcheck(dtype):
         (lambda: condnum.RIll(k=0), "k must be positive"),
         (lambda: condnum.RWell(input="hessian"), "input must be 'features' or 'gram'"),
         (
-            lambda: ops.r_ill(torch.eye(2), torch.tensor(1.0, dtype=torch.float64), torch.ones(2), 2),
+            lambda: ops.r_ill(torch.eye(2), torch.tensor(1.0).double(), torch.ones(2), 2),
             "S and lam_min must have the same dtype",
         ),
     ],

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Compile-checks every csrc/cuda/*.cu with nvcc for sm_90 (H100/H200) and sm_80 (A100),
+# warnings on and treated as errors, one file at a time, into a temporary directory.
+# Needs no GPU and no torch: the kernels are plain CUDA C++ (raw pointers + a stream).
+# The torch binding csrc/cuda/ops_cuda.cpp needs a CUDA build of torch and is only
+# compiled by the CUDA build itself (CMakeLists.txt, CONDNUM_CUDA).
+#
+# Usage: tools/check_cuda.sh [file.cu ...]     (default: all of csrc/cuda/*.cu)
+# Environment: NVCC (default: nvcc on PATH, then $CUDA_HOME/bin/nvcc),
+#              CONDNUM_CUDA_ARCHS (default "80 90"), NVCC_EXTRA_FLAGS.
+# Exit status: 0 when everything compiles (or nvcc is missing: skipped with a message),
+# 1 when a file fails.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+nvcc_bin="${NVCC:-}"
+if [[ -z "$nvcc_bin" ]]; then
+  if command -v nvcc >/dev/null 2>&1; then
+    nvcc_bin="$(command -v nvcc)"
+  elif [[ -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" ]]; then
+    nvcc_bin="$CUDA_HOME/bin/nvcc"
+  elif [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    nvcc_bin=/usr/local/cuda/bin/nvcc
+  fi
+fi
+if [[ -z "$nvcc_bin" ]]; then
+  echo "check_cuda: SKIPPED: nvcc not found (set NVCC or CUDA_HOME to compile-check csrc/cuda)"
+  exit 0
+fi
+
+if [[ $# -gt 0 ]]; then
+  files=("$@")
+else
+  shopt -s nullglob
+  files=("$root"/csrc/cuda/*.cu)
+  shopt -u nullglob
+fi
+if [[ ${#files[@]} -eq 0 ]]; then
+  echo "check_cuda: no .cu files under csrc/cuda"
+  exit 0
+fi
+
+gencode=()
+for arch in ${CONDNUM_CUDA_ARCHS:-80 90}; do
+  gencode+=("-gencode" "arch=compute_${arch},code=sm_${arch}")
+done
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+echo "check_cuda: $nvcc_bin (CUDA $version), archs: ${CONDNUM_CUDA_ARCHS:-80 90}"
+failed=()
+for f in "${files[@]}"; do
+  name="$(basename "$f" .cu)"
+  start=$SECONDS
+  # Warnings of the host compiler and of nvcc's front end are errors. Register spills are
+  # reported (from --resource-usage), not fatal: the small ones in cold code (the
+  # convergence checks' non-inlined calls) cost nothing; a spill in a hot loop should be
+  # fixed (see the kernel names in the notes).
+  # shellcheck disable=SC2086
+  if "$nvcc_bin" -c -std=c++20 -O3 "${gencode[@]}" -I"$root/csrc" \
+      -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings --resource-usage -lineinfo \
+      ${NVCC_EXTRA_FLAGS:-} -o "$tmp/$name.o" "$f" >"$tmp/$name.log" 2>&1; then
+    echo "  ok    $(basename "$f")  ($((SECONDS - start)) s)"
+    # Kernel/function names and their spills, one line each ("sm_XX name: N bytes").
+    awk '/Compiling entry function|Function properties for/ {
+           match($0, /_Z[A-Za-z0-9_]+/); fn = substr($0, RSTART, RLENGTH)
+           if ($0 ~ /for .sm_[0-9]+./) { match($0, /sm_[0-9]+/); arch = substr($0, RSTART, RLENGTH) } }
+         /bytes spill stores/ { split($0, a, " "); for (i = 1; i <= NF; ++i) if ($i == "spill" && $(i+1) == "stores,") n = $(i-2);
+           if (n + 0 > 0) printf "        note: %s %s spills %s bytes\n", arch, fn, n }' "$tmp/$name.log" |
+      sort -u | { if command -v c++filt >/dev/null 2>&1; then c++filt; else cat; fi; }
+  else
+    echo "  FAIL  $(basename "$f")  ($((SECONDS - start)) s)"
+    sed 's/^/        /' "$tmp/$name.log"
+    failed+=("$(basename "$f")")
+  fi
+done
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "check_cuda: FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "check_cuda: all ${#files[@]} CUDA sources compile for ${CONDNUM_CUDA_ARCHS:-80 90}"
