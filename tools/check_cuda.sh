@@ -2,10 +2,11 @@
 # Compile-checks every csrc/cuda/*.cu with nvcc for sm_90 (H100/H200) and sm_80 (A100),
 # warnings on and treated as errors, one file at a time, into a temporary directory.
 # Needs no GPU and no torch: the kernels are plain CUDA C++ (raw pointers + a stream).
-# The torch binding csrc/cuda/ops_cuda.cpp needs a CUDA build of torch and is only
-# compiled by the CUDA build itself (CMakeLists.txt, CONDNUM_CUDA).
+# The torch binding csrc/cuda/ops_cuda.cpp is built only by a CUDA build (CMakeLists.txt,
+# CONDNUM_CUDA); here it is syntax-checked with the host compiler against the installed
+# torch's headers (a CPU wheel ships the c10/cuda ones) when torch is importable.
 #
-# Usage: tools/check_cuda.sh [file.cu ...]     (default: all of csrc/cuda/*.cu)
+# Usage: tools/check_cuda.sh [file.cu ...]     (default: all of csrc/cuda/*.cu + ops_cuda.cpp)
 # Environment: NVCC (default: nvcc on PATH, then $CUDA_HOME/bin/nvcc),
 #              CONDNUM_CUDA_ARCHS (default "80 90"), NVCC_EXTRA_FLAGS.
 # Exit status: 0 when everything compiles (or nvcc is missing: skipped with a message),
@@ -75,6 +76,34 @@ for f in "${files[@]}"; do
     failed+=("$(basename "$f")")
   fi
 done
+# The binding: syntax only (linking needs a CUDA build of torch).
+binding="$root/csrc/cuda/ops_cuda.cpp"
+if [[ $# -eq 0 && -f "$binding" ]]; then
+  cuda_inc=""
+  for cand in "${CUDA_HOME:-}/include" "$(dirname "$(readlink -f "$nvcc_bin")")/../include" \
+              /usr/local/cuda/include; do
+    if [[ -f "$cand/cuda_runtime_api.h" ]]; then cuda_inc="$cand"; break; fi
+  done
+  torch_inc="$(${PYTHON:-python3} -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))' 2>/dev/null || true)"
+  if [[ -z "$torch_inc" || ! -f "$torch_inc/c10/cuda/CUDAGuard.h" ]]; then
+    echo "  skip  ops_cuda.cpp  (torch with c10/cuda headers not importable by ${PYTHON:-python3})"
+  elif [[ -z "$cuda_inc" ]]; then
+    echo "  skip  ops_cuda.cpp  (cuda_runtime_api.h not found)"
+  else
+    start=$SECONDS
+    # C10_USING_CUSTOM_GENERATED_MACROS: CPU wheels lack c10/cuda/impl/cuda_cmake_macros.h.
+    if "${CXX:-c++}" -std=c++20 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Werror \
+        -DC10_USING_CUSTOM_GENERATED_MACROS -DCONDNUM_WITH_CUDA=1 \
+        -isystem "$torch_inc" -isystem "$torch_inc/torch/csrc/api/include" -isystem "$cuda_inc" \
+        -I"$root/csrc" "$binding" >"$tmp/ops_cuda.log" 2>&1; then
+      echo "  ok    ops_cuda.cpp  (syntax, $((SECONDS - start)) s)"
+    else
+      echo "  FAIL  ops_cuda.cpp  (syntax, $((SECONDS - start)) s)"
+      sed 's/^/        /' "$tmp/ops_cuda.log"
+      failed+=("ops_cuda.cpp")
+    fi
+  fi
+fi
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "check_cuda: FAILED: ${failed[*]}"
   exit 1

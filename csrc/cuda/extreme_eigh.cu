@@ -1,0 +1,553 @@
+// extreme_eigh(S) and top_eigh(S) on the GPU: the extreme eigenpairs of a symmetric PSD S.
+//
+//   lam_max = max eig(S),  lam_min = min { lam in eig(S) : lam > rtol * lam_max }
+//   S: (d, d) float32/float64 -> lam_min, lam_max: (), u_min, u_max: (d,) in S's dtype,
+//   err: () float64, the larger relative error bound of the two eigenvalues.
+// Same method and rules as csrc/cpu/extreme_eigh.cpp, with every decision taken on the
+// device (no host synchronisation, no scalar copied back: the op can be captured in a
+// CUDA graph). Kernels, all on the caller's stream:
+//   1. symmetrize (symmetrize.cuh): W = (S + S^T) / 2, and the finiteness/symmetry
+//      checks as device flags;
+//   2. Lanczos on W (lanczos.cuh, persistent cooperative kernel; float64 basis) from the
+//      warm starts (or the splitmix64 start): lam_max, and the bottom end while plain
+//      Lanczos is predicted cheaper than step 4 and S is not too ill-conditioned;
+//   3. select (one block): Ritz values, error bounds and vectors s of T (tridiagonal.cuh),
+//      and the decisions: invalid input / indefinite / S = 0 / bottom from step 2 /
+//      shift-and-invert needed, with tau0 = max(rtol, 8 d eps64) lam_max;
+//      ritz + finalize: y = V^T s, unit, sign convention (largest |u_i| positive), outputs;
+//   4. if needed, shift-and-invert in float64: Cholesky of W + tau I and X = L^{-1}
+//      (cholesky.cuh, tau x10 per failed attempt), Lanczos on X^T X = (W + tau I)^{-1}
+//      (started from v0_min or the step-2 bottom vector), whose wanted Ritz value is the
+//      largest one below 1 / (threshold + tau); lam_min = 1 / theta - tau. Kernels of this
+//      step read a device flag and return at once when step 3 did not ask for it.
+// Where the CPU kernel raises, the outputs are NaN instead (kernels.h); the CPU's
+// LDL^T fallback for crowded spectra below the threshold is not implemented: such a
+// solve ends at the step budget, with its error bound in err.
+// Launch configuration: see each header; the plan (grid sizes, workspace layout) is a
+// pure function of (dtype, d, num_iters) and the device's SM count and occupancy.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/cholesky.cuh"
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+#include "cuda/lanczos.cuh"
+#include "cuda/symmetrize.cuh"
+#include "cuda/tridiagonal.cuh"
+
+namespace condnum::cuda {
+namespace {
+
+enum Status : int {
+  kStInvalid = 1,      // S not finite or not symmetric: all outputs NaN
+  kStIndefinite = 2,   // a clearly negative Ritz value: lam_min, u_min NaN
+  kStZero = 4,         // lam_max <= 0: S = 0, both eigenvalues 0, u_min = u_max
+  kStBottomPlain = 8,  // lam_min from plain Lanczos
+};
+
+struct EighCtrl {
+  SymStats sym;
+  LzResult lz[2];  // phase 1 (Lanczos on W), phase 2 (shift-and-invert)
+  CholState chol;
+  int si_run;  // set by the Cholesky kernel on success
+  int si_vec;  // set by the phase-2 select kernel when lam_min was found
+  int status;
+  int pad_;
+  double lam_max, err_max, lam_min, err_min;
+};
+
+constexpr int kSelectThreads = 256;
+constexpr int kFinalThreads = 256;
+
+struct EighPlan {
+  int d, steps, part_ld;
+  int nb1, chunk1;  // Lanczos on W
+  int nb2, chunk2;  // shift-and-invert Lanczos
+  int dp, nt, nbc;  // Cholesky
+  bool with_si;
+  size_t smem1, smem2;
+  size_t off_ctrl, off_W, off_V, off_alpha, off_beta, off_wbuf, off_ybuf, off_part, off_svec,
+      off_work, off_y, off_ubot, off_A, off_B, total;
+};
+
+template <typename T, int OP>
+cudaError_t lanczos_grid(int d, int steps, int* nb, int* chunk, size_t* smem) {
+  const int wanted = ceil_div(d, kLzWarps);  // one row per warp
+  int grid = 0;
+  CONDNUM_CUDA_TRY(cooperative_grid(lanczos_kernel<T, OP>, kLzThreads,
+                                    lanczos_smem_bytes(steps, kLzMaxChunk), wanted, &grid));
+  *nb = grid;
+  *chunk = ceil_div(d, grid);
+  if (*chunk > kLzMaxChunk) return cudaErrorInvalidValue;  // d too large for this GPU
+  *smem = lanczos_smem_bytes(steps, *chunk);
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t make_plan(int64_t d64, int64_t num_iters, bool with_si, EighPlan* P) {
+  if (d64 < 1 || num_iters < 1 || d64 > (int64_t{1} << 30)) return cudaErrorInvalidValue;
+  const int d = static_cast<int>(d64);
+  P->d = d;
+  P->steps = static_cast<int>(std::min<int64_t>(num_iters, d64));
+  if (P->steps > kMaxLanczosSteps) return cudaErrorInvalidValue;
+  P->part_ld = P->steps + 4;
+  P->with_si = with_si;
+  CONDNUM_CUDA_TRY(lanczos_grid<T, 0>(d, P->steps, &P->nb1, &P->chunk1, &P->smem1));
+  P->nb2 = P->chunk2 = 0;
+  P->smem2 = 0;
+  P->dp = P->nt = P->nbc = 0;
+  if (with_si) {
+    CONDNUM_CUDA_TRY(lanczos_grid<T, 1>(d, P->steps, &P->nb2, &P->chunk2, &P->smem2));
+    P->nt = ceil_div(d, kTile);
+    P->dp = P->nt * kTile;
+    const int64_t tasks = std::max<int64_t>(1, static_cast<int64_t>(P->nt) * P->nt / 2 + P->nt);
+    CONDNUM_CUDA_TRY(cooperative_grid(cholesky_inverse_kernel<T>, kCholThreads, 0,
+                                      static_cast<int>(std::min<int64_t>(tasks, 1 << 20)),
+                                      &P->nbc));
+  }
+  const size_t steps = P->steps, dd = d, nbmax = std::max(P->nb1, P->nb2);
+  Carver c{nullptr};
+  P->off_ctrl = c.used;
+  c.take<EighCtrl>(1);
+  P->off_W = c.used;
+  c.take<T>(dd * dd);
+  P->off_V = c.used;
+  c.take<double>((steps + 1) * dd);
+  P->off_alpha = c.used;
+  c.take<double>(steps);
+  P->off_beta = c.used;
+  c.take<double>(steps);
+  P->off_wbuf = c.used;
+  c.take<double>(2 * dd);
+  P->off_ybuf = c.used;
+  c.take<double>(dd);
+  P->off_part = c.used;
+  c.take<double>(3 * nbmax * P->part_ld);
+  P->off_svec = c.used;
+  c.take<double>(2 * steps);
+  P->off_work = c.used;
+  c.take<double>(2 * 5 * steps);
+  P->off_y = c.used;
+  c.take<double>(2 * dd);
+  P->off_ubot = c.used;
+  c.take<double>(dd);
+  P->off_A = c.used;
+  if (with_si) c.take<double>(static_cast<size_t>(P->dp) * P->dp);
+  P->off_B = c.used;
+  if (with_si) c.take<double>(static_cast<size_t>(P->dp) * P->dp);
+  P->total = c.used;
+  return cudaSuccess;
+}
+
+template <typename P>
+P* at_offset(void* ws, size_t off) {
+  return reinterpret_cast<P*>(static_cast<char*>(ws) + off);
+}
+
+// ----------------------------------------------------------------------------- select
+
+template <typename T>
+struct SelectParams {
+  const double* alpha;
+  const double* beta;
+  EighCtrl* ctrl;
+  int phase;  // 0: top_eigh, 1: extreme_eigh on W, 2: shift-and-invert
+  int d;
+  double rtol, tol;
+  double* svec;  // (2, steps)
+  double* work;  // (2, 5 steps)
+  int steps;
+};
+
+// One block: Ritz values, bounds, decisions, and the vectors s of T for the ritz kernel.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams<T> p) {
+  EighCtrl* ctrl = p.ctrl;
+  if (p.phase == 2 && ctrl->chol.run == 0) return;  // uniform
+  extern __shared__ double smem[];
+  __shared__ double small[64];
+  __shared__ int ints[kSelectThreads + 8];
+  const int tid = threadIdx.x;
+  const LzResult res = ctrl->lz[p.phase == 2 ? 1 : 0];
+  if (p.phase == 2 && ctrl->si_run == 0) {  // every Cholesky attempt failed
+    if (tid == 0) ctrl->si_vec = 0;
+    return;
+  }
+  const int m = res.m;
+  double* a = smem;
+  double* b = smem + p.steps;
+  for (int i = tid; i < m; i += blockDim.x) {
+    a[i] = p.alpha[i];
+    b[i] = p.beta[i];
+  }
+  __syncthreads();
+  const bool invariant = res.invariant != 0;
+  AnalysisScratch asc{TriScratch{small, ints, small + 32, small + 36, ints + kSelectThreads},
+                      small + 40, small + 48, ints + kSelectThreads + 1};
+  const int mode = p.phase == 0 ? kModeTop : p.phase == 1 ? kModeExtreme : kModeShiftInvert;
+  double tau = 0.0, c = 0.0;
+  if (p.phase == 2) {
+    tau = ctrl->chol.tau;
+    c = 1.0 / (ctrl->chol.threshold + tau);
+  }
+  const Analysis an = analyze(a, b, m, invariant, mode, c, asc);
+  const Tri tri = tri_setup(a, b, m, small);
+  const double eps64 = Eps<double>::value;
+  // The reported bounds never go below the rounding level of the Lanczos process,
+  // ~ sqrt(m) eps ||T|| (also when the Krylov space is invariant: its Ritz values are exact
+  // only for the computed operator). It matters where ||T|| >> |theta|: the bottom of an
+  // ill-conditioned S, or shift-and-invert with a null space (mapped to 1 / tau).
+  const double floor_abs =
+      sqrt(static_cast<double>(m)) * eps64 * fmax(fabs(tri.lo), fabs(tri.hi)) / tri.s;
+  if (p.phase == 2) {
+    const bool found = an.k >= 0 && an.theta_k > 0.0;
+    if (tid == 0) {
+      ctrl->si_vec = found ? 1 : 0;
+      if (found) {
+        ctrl->lam_min = 1.0 / an.theta_k - tau;
+        ctrl->err_min = si_error(an.theta_k, fmax(an.k_bound, floor_abs), tau);
+        inverse_iteration(tri, an.theta_k, p.svec, p.work);
+      }
+    }
+    return;
+  }
+  // Phases 0 and 1.
+  if (tid == 0) {
+    const double top = an.top, bottom = an.bottom;
+    const double top_err = relative_bound(fmax(an.top_bound, floor_abs), top);
+    const double bottom_err = relative_bound(fmax(an.bottom_bound, floor_abs), bottom);
+    int status = 0;
+    ctrl->lam_max = top;
+    ctrl->err_max = top_err;
+    if (!sym_stats_ok<T>(&ctrl->sym)) {
+      status = kStInvalid;
+    } else if (bottom < -sqrt(Eps<T>::value) * fabs(top)) {
+      // Ritz values bound the spectrum from inside: a clearly negative one proves S indefinite.
+      status = kStIndefinite;
+    } else if (!(top > 0.0)) {
+      status = kStZero;
+    } else if (p.phase == 1) {
+      const bool accepted = invariant || (res.bottom_ok && an.bottom_bound <= p.tol * bottom);
+      if (bottom > p.rtol * top && top * eps64 * kRoundingSlack <= p.tol * bottom && accepted) {
+        status = kStBottomPlain;
+        ctrl->lam_min = bottom;
+        ctrl->err_min = bottom_err;
+      } else {
+        ctrl->chol.run = 1;
+        ctrl->chol.tau0 = fmax(p.rtol, 8.0 * p.d * eps64) * top;
+        ctrl->chol.threshold = p.rtol * top;
+      }
+    }
+    ctrl->status = status;
+    inverse_iteration(tri, top, p.svec, p.work);
+  }
+  if (p.phase == 1 && tid == kWarp)
+    inverse_iteration(tri, an.bottom, p.svec + p.steps, p.work + 5 * p.steps);
+}
+
+// ----------------------------------------------------------------------------- ritz vectors
+
+struct RitzParams {
+  const double* V;
+  const double* svec;  // (nslots, steps)
+  const LzResult* res;
+  const int* run;  // nullptr or run only when *run != 0
+  double* y;       // (nslots, d)
+  int d, steps;
+};
+
+// y[slot] = V^T s[slot] = sum_i s_i v_i. Grid (ceil(d / 32), nslots), block (32, 8):
+// warps read 32 consecutive coordinates of a basis row; 8 row groups summed in order.
+__global__ void __launch_bounds__(256) ritz_kernel(RitzParams p) {
+  if (p.run != nullptr && *p.run == 0) return;
+  __shared__ double part[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y, slot = blockIdx.y;
+  const int k = blockIdx.x * 32 + tx;
+  const int m = p.res->m;
+  const double* s = p.svec + static_cast<int64_t>(slot) * p.steps;
+  double acc = 0.0;
+  if (k < p.d)
+    for (int i = ty; i < m; i += 8) acc = fma(s[i], p.V[static_cast<int64_t>(i) * p.d + k], acc);
+  part[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && k < p.d) {
+    double t = 0.0;
+    for (int g = 0; g < 8; ++g) t += part[g][tx];
+    p.y[static_cast<int64_t>(slot) * p.d + k] = t;
+  }
+}
+
+// ----------------------------------------------------------------------------- finalize
+
+template <typename T>
+struct FinalParams {
+  const double* y;  // (nslots, d)
+  EighCtrl* ctrl;
+  int phase, d;
+  T* lam_min;
+  T* lam_max;
+  T* u_min;
+  T* u_max;
+  double* err;
+  double* ubot;  // (d,) phase 1: unit bottom Ritz vector (start of shift-and-invert)
+};
+
+// Writes sign * y / ||y|| (or NaN) to u; norm and first largest-|y_i| index by block
+// reductions in a fixed order.
+template <typename T>
+__device__ void write_unit(const double* y, int d, bool nan, T* u, double* u64, double* red,
+                           int* ired) {
+  const int tid = threadIdx.x;
+  double sq = 0.0, best = -1.0;
+  int best_i = 0;
+  for (int k = tid; k < d; k += blockDim.x) {
+    const double v = y[k];
+    sq = fma(v, v, sq);
+    if (fabs(v) > best) {
+      best = fabs(v);
+      best_i = k;
+    }
+  }
+  sq = block_sum(sq, red);
+  // argmax, ties -> smallest index
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const double ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ob > best || (ob == best && oi < best_i)) {
+      best = ob;
+      best_i = oi;
+    }
+  }
+  __syncthreads();
+  if (tid % kWarp == 0) {
+    red[tid / kWarp] = best;
+    ired[tid / kWarp] = best_i;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    double bb = red[0];
+    int bi = ired[0];
+    for (int w = 1; w < static_cast<int>(blockDim.x) / kWarp; ++w)
+      if (red[w] > bb || (red[w] == bb && ired[w] < bi)) {
+        bb = red[w];
+        bi = ired[w];
+      }
+    ired[0] = bi;
+  }
+  __syncthreads();
+  const double nrm = sqrt(sq);
+  const double inv = nrm > 0.0 ? 1.0 / nrm : 0.0;
+  const double sgn = y[ired[0]] < 0.0 ? -1.0 : 1.0;
+  for (int k = tid; k < d; k += blockDim.x) {
+    const double v = y[k] * inv;
+    if (u64 != nullptr) u64[k] = v;
+    if (u != nullptr) u[k] = nan ? quiet_nan<T>() : static_cast<T>(sgn * v);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> p) {
+  EighCtrl* ctrl = p.ctrl;
+  if (p.phase == 2 && ctrl->chol.run == 0) return;
+  __shared__ double red[32];
+  __shared__ int ired[32];
+  const int slot = blockIdx.x, tid = threadIdx.x;
+  const int status = ctrl->status;
+  const bool invalid = status & kStInvalid, indefinite = status & kStIndefinite;
+  const bool zero = status & kStZero, plain = status & kStBottomPlain;
+  const double* y = p.y + static_cast<int64_t>(slot) * p.d;
+  const double nan64 = quiet_nan<double>();
+  if (p.phase == 2) {
+    const bool ok = ctrl->si_vec != 0;
+    write_unit<T>(y, p.d, !ok, p.u_min, nullptr, red, ired);
+    if (tid == 0) {
+      *p.lam_min = ok ? static_cast<T>(ctrl->lam_min) : quiet_nan<T>();
+      *p.err = ok ? fmax(ctrl->err_max, ctrl->err_min) : nan64;
+    }
+    return;
+  }
+  if (slot == 0) {  // the top vector
+    const bool bad = invalid || (p.phase == 0 && indefinite);
+    write_unit<T>(y, p.d, bad, p.u_max, nullptr, red, ired);
+    if (zero && p.phase == 1) write_unit<T>(y, p.d, false, p.u_min, nullptr, red, ired);
+    if (tid == 0) {
+      *p.lam_max = bad ? quiet_nan<T>() : zero ? T(0) : static_cast<T>(ctrl->lam_max);
+      if (zero && p.phase == 1) *p.lam_min = T(0);
+      double e = ctrl->err_max;
+      if (bad)
+        e = nan64;
+      else if (zero)
+        e = 0.0;
+      else if (plain)
+        e = fmax(ctrl->err_max, ctrl->err_min);
+      *p.err = e;
+    }
+    return;
+  }
+  // slot 1 (phase 1): the bottom vector of the same Krylov space.
+  const bool write_min = invalid || indefinite || plain;
+  write_unit<T>(y, p.d, invalid || indefinite, write_min ? p.u_min : nullptr, p.ubot, red, ired);
+  if (tid == 0 && write_min)
+    *p.lam_min = plain && !invalid && !indefinite ? static_cast<T>(ctrl->lam_min) : quiet_nan<T>();
+}
+
+// ----------------------------------------------------------------------------- driver
+
+template <typename T, int OP>
+cudaError_t launch_lanczos(const EighPlan& P, void* ws, int nb, int chunk, size_t smem, int mode,
+                           const T* sa, const T* sb, const double* sc, int use_c, LzResult* res,
+                           const int* run, const double* si, double tol, double rtol,
+                           cudaStream_t stream) {
+  LzParams<T> p{};
+  p.d = P.d;
+  p.steps = P.steps;
+  p.chunk = chunk;
+  p.part_ld = P.part_ld;
+  p.W = at_offset<const T>(ws, P.off_W);
+  p.B = P.with_si ? at_offset<const double>(ws, P.off_B) : nullptr;
+  p.ldb = P.dp;
+  p.V = at_offset<double>(ws, P.off_V);
+  p.alpha = at_offset<double>(ws, P.off_alpha);
+  p.beta = at_offset<double>(ws, P.off_beta);
+  p.wbuf = at_offset<double>(ws, P.off_wbuf);
+  p.ybuf = at_offset<double>(ws, P.off_ybuf);
+  p.part = at_offset<double>(ws, P.off_part);
+  p.res = res;
+  p.run = run;
+  p.sa = sa;
+  p.sb = sb;
+  p.sc = sc;
+  p.use_c = use_c;
+  p.mode = mode;
+  p.tol = tol;
+  p.rtol = rtol;
+  // Cost of shift-and-invert in plain Lanczos steps (Cholesky + inverse ~ 2 grid syncs and
+  // one tile factorisation per 32 columns, ~d / 16 steps; ~24 shift-and-invert steps at
+  // ~1.3 plain steps each). To calibrate on the GPU.
+  p.si_cost = 32.0 + P.d / 16.0;
+  p.si = si;
+  CONDNUM_CUDA_TRY(launch_cooperative(lanczos_kernel<T, OP>, nb, kLzThreads, smem, stream, p));
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_bytes,
+                      cudaStream_t stream) {
+  EighPlan P;
+  CONDNUM_CUDA_TRY(make_plan<T>(args.d, args.num_iters, !top_only, &P));
+  if (ws == nullptr || ws_bytes < P.total) return cudaErrorInvalidValue;
+  auto* ctrl = at_offset<EighCtrl>(ws, P.off_ctrl);
+  T* W = at_offset<T>(ws, P.off_W);
+  double* svec = at_offset<double>(ws, P.off_svec);
+  double* work = at_offset<double>(ws, P.off_work);
+  double* y = at_offset<double>(ws, P.off_y);
+  double* ubot = at_offset<double>(ws, P.off_ubot);
+  const int d = P.d;
+  const T* v0_min = static_cast<const T*>(args.v0_min);
+  const T* v0_max = static_cast<const T*>(args.v0_max);
+
+  CONDNUM_CUDA_TRY(cudaMemsetAsync(ctrl, 0, sizeof(EighCtrl), stream));
+  CONDNUM_CUDA_TRY(launch_symmetrize<T>(static_cast<const T*>(args.S), W, d, &ctrl->sym, stream));
+
+  // Step 2: Lanczos on W.
+  const int phase = top_only ? 0 : 1;
+  CONDNUM_CUDA_TRY(launch_lanczos<T, 0>(P, ws, P.nb1, P.chunk1, P.smem1,
+                                        top_only ? kModeTop : kModeExtreme, v0_max,
+                                        top_only ? nullptr : v0_min, nullptr, 0, &ctrl->lz[0],
+                                        nullptr, nullptr, args.tol, args.rtol, stream));
+  // Step 3: select, Ritz vectors, outputs.
+  SelectParams<T> sp{at_offset<const double>(ws, P.off_alpha),
+                     at_offset<const double>(ws, P.off_beta),
+                     ctrl,
+                     phase,
+                     d,
+                     args.rtol,
+                     args.tol,
+                     svec,
+                     work,
+                     P.steps};
+  const size_t sel_smem = 2 * sizeof(double) * P.steps;
+  select_kernel<T><<<1, kSelectThreads, sel_smem, stream>>>(sp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  const int nslots = top_only ? 1 : 2;
+  RitzParams rp{at_offset<const double>(ws, P.off_V), svec, &ctrl->lz[0], nullptr, y, d, P.steps};
+  ritz_kernel<<<dim3(ceil_div(d, 32), nslots), dim3(32, 8), 0, stream>>>(rp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  FinalParams<T> fp{y,
+                    ctrl,
+                    phase,
+                    d,
+                    static_cast<T*>(args.lam_min),
+                    static_cast<T*>(args.lam_max),
+                    static_cast<T*>(args.u_min),
+                    static_cast<T*>(args.u_max),
+                    args.err,
+                    ubot};
+  finalize_kernel<T><<<nslots, kFinalThreads, 0, stream>>>(fp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  if (top_only) return cudaSuccess;
+
+  // Step 4: shift-and-invert (every kernel returns at once unless step 3 asked for it).
+  CholParams<T> cp{W,
+                   d,
+                   P.dp,
+                   P.nt,
+                   at_offset<double>(ws, P.off_A),
+                   at_offset<double>(ws, P.off_B),
+                   &ctrl->chol,
+                   &ctrl->si_run};
+  CONDNUM_CUDA_TRY(
+      launch_cooperative(cholesky_inverse_kernel<T>, P.nbc, kCholThreads, 0, stream, cp));
+  CONDNUM_CUDA_TRY(launch_lanczos<T, 1>(P, ws, P.nb2, P.chunk2, P.smem2, kModeShiftInvert, nullptr,
+                                        v0_min, ubot, 1, &ctrl->lz[1], &ctrl->si_run,
+                                        &ctrl->chol.tau, args.tol, args.rtol, stream));
+  sp.phase = 2;
+  select_kernel<T><<<1, kSelectThreads, sel_smem, stream>>>(sp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  RitzParams rp2{
+      at_offset<const double>(ws, P.off_V), svec, &ctrl->lz[1], &ctrl->si_vec, y, d, P.steps};
+  ritz_kernel<<<dim3(ceil_div(d, 32), 1), dim3(32, 8), 0, stream>>>(rp2);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  fp.phase = 2;
+  finalize_kernel<T><<<1, kFinalThreads, 0, stream>>>(fp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  return cudaSuccess;
+}
+
+template <typename T>
+size_t workspace_impl(int64_t d, int64_t num_iters, bool with_si, cudaError_t* error) {
+  EighPlan P;
+  const cudaError_t e = make_plan<T>(d, num_iters, with_si, &P);
+  if (error != nullptr) *error = e;
+  return e == cudaSuccess ? P.total : 0;
+}
+
+}  // namespace
+
+size_t extreme_eigh_workspace_bytes(Dtype dt, int64_t d, int64_t num_iters, cudaError_t* error) {
+  if (dt == Dtype::kFloat32) return workspace_impl<float>(d, num_iters, true, error);
+  if (dt == Dtype::kFloat64) return workspace_impl<double>(d, num_iters, true, error);
+  if (error != nullptr) *error = cudaErrorInvalidValue;
+  return 0;
+}
+
+size_t top_eigh_workspace_bytes(Dtype dt, int64_t d, int64_t num_iters, cudaError_t* error) {
+  if (dt == Dtype::kFloat32) return workspace_impl<float>(d, num_iters, false, error);
+  if (dt == Dtype::kFloat64) return workspace_impl<double>(d, num_iters, false, error);
+  if (error != nullptr) *error = cudaErrorInvalidValue;
+  return 0;
+}
+
+cudaError_t extreme_eigh(const EighArgs& args, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  if (args.dtype == Dtype::kFloat32) return eigh_impl<float>(args, false, ws, ws_bytes, stream);
+  if (args.dtype == Dtype::kFloat64) return eigh_impl<double>(args, false, ws, ws_bytes, stream);
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t top_eigh(const EighArgs& args, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  if (args.dtype == Dtype::kFloat32) return eigh_impl<float>(args, true, ws, ws_bytes, stream);
+  if (args.dtype == Dtype::kFloat64) return eigh_impl<double>(args, true, ws, ws_bytes, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace condnum::cuda
