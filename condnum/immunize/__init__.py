@@ -1,0 +1,44 @@
+"""Immunization: make a harmful task's linear probe ill-conditioned, keep the primary's easy.
+
+Linear extractors (``theta`` (D_in, d), features ``X theta``):
+
+- :func:`immunize_linear`: the paper's Algorithm 1 with balanced, safeguarded steps
+  (recommended; :mod:`condnum.immunize.algorithm1` explains every difference);
+- :func:`algorithm1`: Algorithm 1 exactly as printed (fixed step and lambdas, ridge
+  ``(K + rho I)^-1``);
+- :func:`immunize_linear_authors`: the authors' released code (affine extractor, Adam,
+  mini-batches of 64, per-batch ridge on the other side of ``theta``);
+- :func:`opt_kappa`: the "Opt kappa" baseline.
+
+Any ``nn.Module`` extractor: :class:`ImmunizationLoss` and :func:`train_immunized`.
+Measuring: :mod:`condnum.metrics` (RIR) and :mod:`condnum.attack` (the bad actor);
+:mod:`condnum.immunize.runs` ties them together for the paper's experiments.
+"""
+
+from condnum.immunize.algorithm1 import algorithm1, immunize_linear, initial_head, lstsq_head
+from condnum.immunize.authors import immunize_linear_authors
+from condnum.immunize.baselines import opt_kappa
+from condnum.immunize.control import ImmunizationWarning, StepControl, StepEvent
+from condnum.immunize.problem import LinearProblem, whitening
+from condnum.immunize.result import LinearImmunization, load_extractor, save_extractor
+from condnum.immunize.trainer import ImmunizationLoss, TrainResult, train_immunized
+
+__all__ = [
+    "ImmunizationLoss",
+    "ImmunizationWarning",
+    "LinearImmunization",
+    "LinearProblem",
+    "StepControl",
+    "StepEvent",
+    "TrainResult",
+    "algorithm1",
+    "immunize_linear",
+    "immunize_linear_authors",
+    "initial_head",
+    "load_extractor",
+    "lstsq_head",
+    "opt_kappa",
+    "save_extractor",
+    "train_immunized",
+    "whitening",
+]
