@@ -191,3 +191,8 @@ def test_opcheck(dtype):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_values_beyond_float32_range_are_inf_not_errors():
+    S = torch.diag(torch.tensor([1e30, 1.0]))  # lam_max^2 / 2 overflows float32
+    assert F.r_well(S).item() == float("inf")

@@ -45,8 +45,9 @@ constexpr double symmetry_rtol() {
   return std::is_same_v<scalar_t, float> ? 3.5e-4 : 1.5e-8;
 }
 
-// Checks S (d x d, float32/float64) is finite and symmetric, and returns the
-// symmetrised copy (S + S^T) / 2 in `work_dtype`, contiguous.
+// Checks S (d x d, float32/float64) is finite and symmetric, and returns (S + S^T) / 2
+// in `work_dtype`: S itself (no copy) when it is already exactly symmetric in that dtype,
+// else a contiguous symmetrised copy. Callers only read the result.
 at::Tensor symmetrized(const at::Tensor& S, const char* op, const char* arg,
                        at::ScalarType work_dtype);
 

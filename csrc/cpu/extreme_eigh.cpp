@@ -1,25 +1,43 @@
 // extreme_eigh(S): the extreme eigenpairs of a symmetric PSD S on the CPU.
 //
 //   lam_max = max eig(S),  lam_min = min { lam in eig(S) : lam > rtol * lam_max }
-//   S: (d, d) float32/float64 -> lam_min, lam_max: () and u_min, u_max: (d,), dtype of S.
+//   S: (d, d) float32/float64 -> lam_min, lam_max: () and u_min, u_max: (d,), dtype of S;
+//   err: () float64, the larger relative error bound of the two eigenvalues (the Python
+//   wrappers warn when it exceeds tol; top_eigh returns lam_max, u_max, err).
 //
-// 1. Lanczos on S itself (dtype of S) from the warm-start vectors (or a fixed
-//    pseudo-random one) gives lam_max and, when S is well conditioned, lam_min.
-// 2. Otherwise (the bottom Ritz value has not converged, sits below the numerical-range
-//    threshold, or S is ill-conditioned) the bottom end comes from shift-and-invert in
-//    float64: Lanczos on (S + tau I)^{-1} through a Cholesky factor, tau = max(rtol,
-//    8 d eps64) lam_max. Eigenvalues below the threshold map to the top of that
-//    spectrum, (1/(2 tau), 1/tau], so the wanted one is the largest Ritz value whose
-//    lam = 1/theta - tau exceeds rtol * lam_max; relative accuracy does not degrade
-//    with kappa.
-// Convergence: a Ritz value is accepted when its residual norm r (|lam - theta| <= r) is below
-// tol * |lam|. Cost: O(m d^2) for step 1; d^3/3 (Cholesky) + O(m d^2) for step 2.
+// 1. Lanczos on S itself (dtype of S; S is read in place when exactly symmetric) from the
+//    warm-start vectors (or a fixed pseudo-random one) until lam_max has converged. The
+//    bottom Ritz value comes from the same Krylov space; Lanczos goes on for it only while
+//    its error bound keeps falling fast enough to beat step 2 (a ski-rental budget of a
+//    fraction of step 2's estimated cost) and S is not too ill-conditioned for the bottom
+//    end in S's dtype.
+// 2. Otherwise the bottom end comes from shift-and-invert Lanczos in float64 through a
+//    factorisation of a shifted S. Usually a Cholesky factor of S + tau I, tau =
+//    max(rtol, 8 d eps64) lam_max: eigenvalues below the threshold rtol * lam_max map to
+//    the top of that spectrum, (1/(2 tau), 1/tau], so the wanted one is the largest Ritz
+//    value whose lam = 1/theta - tau exceeds the threshold; relative accuracy does not
+//    degrade with kappa. When the spectrum reaches down near a threshold well above
+//    rounding level (float32 S with kappa ~ 1/rtol or beyond), an LDL^T factor of
+//    S - rtol lam_max I is used instead: the wanted eigenvalue is then the top of the
+//    positive part, well separated, and eigenvalues crowding just below the threshold
+//    cannot hide it (the Cholesky route also falls back to it when it finds them).
+// Convergence: a Ritz value is accepted when its residual r = ||S y - theta y|| (some
+// eigenvalue lies within r of theta) is below tol * |lam| at two consecutive steps; it is
+// checked after every step in O(m) (tridiagonal bisection and inverse iteration), so no
+// step is wasted. err returns the larger of the two relative bounds. Cost: O(m d^2) for
+// step 1; d^3/3 (the factorisation) + O(m d^2) for step 2.
 // Eigenvector signs: the component of largest magnitude is positive.
 #include <ATen/ATen.h>
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+#if AT_BUILD_WITH_LAPACK()
+#include <ATen/native/BatchLinearAlgebra.h>
+#endif
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "cpu/checks.h"
 #include "cpu/lanczos.h"
@@ -27,19 +45,40 @@
 namespace condnum {
 namespace {
 
-// Above this kappa estimate plain Lanczos is not asked for the bottom end.
-constexpr double kPlainKappaLimit = 1e3;
+constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kCholeskyRetries = 4;  // tau grows 10x per retry (rounding made S indefinite)
+// Plain Lanczos is trusted for lam_min only while kappa * eps(S) * this stays below tol:
+// rounding in S v perturbs the Ritz values by ~ eps ||S||.
+constexpr double kRoundingSlack = 4.0;
+// Steps before the first convergence check (a Ritz value of a 2x2 T is rarely converged).
+constexpr int64_t kFirstCheck = 3;
+// Plain Lanczos may spend this fraction of the shift-and-invert cost on the bottom end
+// after lam_max has converged ...
+constexpr double kSkiRental = 0.6;
+// ... judging its progress by the error bound's decay over this many steps.
+constexpr int64_t kRateWindow = 6;
 
-at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S,
+// A Ritz value is accepted only when its error bound meets tol at two consecutive steps,
+// a cheap guard against accepting a value that is about to move (a start vector nearly
+// orthogonal to the wanted eigenvector makes Lanczos settle on a neighbour first).
+struct Acceptance {
+  int64_t last_ok = -2;
+  bool operator()(bool ok, int64_t m) {
+    const bool accept = ok && last_ok == m - 1;
+    if (ok) last_ok = m;
+    return accept;
+  }
+};
+
+at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S, const char* op,
                         const char* arg) {
   if (!v.has_value()) return {};
   const auto& t = *v;
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == S.size(0), "condnum.extreme_eigh: ", arg,
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == S.size(0), "condnum.", op, ": ", arg,
                     " must have shape (", S.size(0), ",), got ", t.sizes());
-  check_same(t, S, "extreme_eigh", arg, "S");
+  check_same(t, S, op, arg, "S");
   const double n = t.norm().item<double>();
-  TORCH_CHECK_VALUE(std::isfinite(n) && n > 0, "condnum.extreme_eigh: ", arg,
+  TORCH_CHECK_VALUE(std::isfinite(n) && n > 0, "condnum.", op, ": ", arg,
                     " must be finite and nonzero, got norm ", n);
   return t / n;
 }
@@ -47,9 +86,10 @@ at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S,
 // Start vector: sum of the normalised warm starts plus a pseudo-random component, so
 // that no eigenvector is missed when a warm start is orthogonal to it.
 at::Tensor start_vector(const at::Tensor& a, const at::Tensor& b, const at::Tensor& random) {
-  auto v = random.clone();
-  if (a.defined()) v = v + a;
-  if (b.defined()) v = v + b;
+  if (!a.defined() && !b.defined()) return random;
+  auto v = random * 0.1;
+  if (a.defined()) v.add_(a);
+  if (b.defined()) v.add_(b);
   return v;
 }
 
@@ -58,62 +98,15 @@ at::Tensor with_sign_convention(at::Tensor u) {
   return u[i].item<double>() < 0 ? -u : u;
 }
 
-struct Bottom {
-  double lam;
-  at::Tensor u;    // float64
-  double rel_err;  // error bound of lam, relative
-};
+double eps_of(at::ScalarType t) {
+  return t == at::kFloat ? std::numeric_limits<float>::epsilon()
+                         : std::numeric_limits<double>::epsilon();
+}
 
-// Bottom of the numerical range by shift-and-invert Lanczos (float64).
-Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
-                           int64_t num_iters, const at::Tensor& start) {
-  const int64_t d = W.size(0);
-  const auto W64 = W.to(at::kDouble);
-  const double eps64 = std::numeric_limits<double>::epsilon();
-  double tau = std::max(rtol, 8.0 * d * eps64) * lam_max;
-  at::Tensor L;
-  for (int attempt = 0;; ++attempt, tau *= 10) {
-    auto shifted = W64.clone();
-    shifted.diagonal().add_(tau);
-    auto [factor, info] = at::linalg_cholesky_ex(shifted);
-    if (info.item<int64_t>() == 0) {
-      L = factor;
-      break;
-    }
-    TORCH_CHECK_VALUE(attempt < kCholeskyRetries, "condnum.extreme_eigh: S must be positive ",
-                      "semi-definite, but the Cholesky factorisation of S + tau*I failed for tau ",
-                      "up to ", tau, " (lam_max = ", lam_max, ")");
-  }
-  const double threshold = rtol * lam_max;
-  auto col = at::empty({d, 1}, W64.options());
-  const Operator apply = [&](const at::Tensor& v, at::Tensor& w) {
-    col.select(1, 0).copy_(v);
-    w.copy_(at::cholesky_solve(col, L).select(1, 0));
-  };
-  // theta = 1 / (lam + tau); the wanted Ritz value is the largest one above threshold.
-  auto wanted = [&](const RitzPairs& r) -> int64_t {
-    for (int64_t i = r.m - 1; i >= 0; --i) {
-      const double theta = r.value(i);
-      if (theta > 0 && 1.0 / theta - tau > threshold) return i;
-    }
-    return -1;
-  };
-  auto accurate = [&](const RitzPairs& r, int64_t i) {
-    const double theta = r.value(i), lam = 1.0 / theta - tau;
-    // |d lam| = |d theta| / theta^2
-    return r.invariant || r.error_bound(i) / (theta * theta) <= tol * lam;
-  };
-  const auto result = lanczos(apply, start.to(at::kDouble), num_iters, [&](const RitzPairs& r) {
-    const int64_t i = wanted(r);
-    return i >= 0 && accurate(r, i);
-  });
-  const int64_t i = wanted(result.ritz);
-  TORCH_CHECK_VALUE(i >= 0, "condnum.extreme_eigh: found no eigenvalue above rtol * lam_max = ",
-                    threshold, " in ", result.ritz.m, " shift-and-invert Lanczos steps; S is ",
-                    "numerically zero or rtol is too large");
-  const double theta = result.ritz.value(i), lam = 1.0 / theta - tau;
-  const double err = result.ritz.invariant ? 0.0 : result.ritz.error_bound(i) / (theta * theta * lam);
-  return {lam, result.ritz_vector(i), err};
+// |error| / |value|, 0 for an exact zero (S = 0), inf for an unbounded error.
+double relative(double bound, double value) {
+  if (bound == 0) return 0.0;
+  return value != 0 ? bound / std::abs(value) : std::numeric_limits<double>::infinity();
 }
 
 void check_budget(int64_t num_iters, double tol, const char* op) {
@@ -121,56 +114,337 @@ void check_budget(int64_t num_iters, double tol, const char* op) {
   TORCH_CHECK_VALUE(tol > 0 && tol < 1, "condnum.", op, ": tol must be in (0, 1), got ", tol);
 }
 
-// Step 1: Lanczos on S (W, its symmetrised copy). Stops when lam_max has converged and,
-// if `want_bottom`, when the bottom Ritz value has converged above rtol * lam_max or
-// is clearly too ill-conditioned for plain Lanczos. Sets `bottom_converged`.
-LanczosResult plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters,
-                            double tol, double rtol, bool want_bottom, bool& bottom_converged,
-                            const char* op) {
-  bottom_converged = false;
-  const double eps = W.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
-                                                   : std::numeric_limits<double>::epsilon();
-  // Lanczos in the working precision resolves eigenvalues to ~eps * lam_max absolutely,
-  // so it can deliver relative accuracy tol only for bottom >= (10 eps / tol) * lam_max.
-  const double resolvable = std::max(rtol, 10 * eps / tol);
-  const Operator apply = [&](const at::Tensor& v, at::Tensor& w) { at::mv_out(w, W, v); };
-  auto result = lanczos(apply, start, num_iters, [&](const RitzPairs& r) {
-    const double top = r.value(r.m - 1), bottom = r.value(0);
-    if (r.error_bound(r.m - 1) > tol * std::abs(top)) return false;
-    if (!want_bottom) return true;
-    bottom_converged = bottom > resolvable * top && r.error_bound(0) <= tol * bottom;
-    return bottom_converged || bottom * kPlainKappaLimit < top;
-  });
-  const auto& ritz = result.ritz;
-  const double top = ritz.value(ritz.m - 1), bottom = ritz.value(0);
+// Estimated cost of the shift-and-invert solve (a float64 Cholesky plus ~40 pairs of
+// triangular solves), in units of one plain Lanczos step (a product with S in its dtype,
+// memory-bound). Measured on x86 CPUs: a float64 Cholesky costs ~d/9 float64 products on
+// one thread (LAPACK scales with threads, the product does not), a solve pair ~1.3;
+// float32 products are ~1.8x cheaper than float64 ones.
+double shift_invert_cost(int64_t d, at::ScalarType dtype) {
+  const double threads = std::max(1, at::get_num_threads());
+  const double chol = static_cast<double>(d) / (9.0 * std::pow(threads, 0.8));
+  return (chol + 40 * 1.3) * (dtype == at::kFloat ? 1.8 : 1.0);
+}
+
+// ---------------------------------------------------------------- step 1: Lanczos on S
+
+struct Plain {
+  double lam_max = 0, lam_bottom = 0;
+  double err_max = 0, err_bottom = 0;  // relative error bounds
+  at::Tensor u_max, u_bottom;          // dtype of S
+  bool bottom_converged = false;
+  int64_t steps = 0;
+};
+
+template <typename scalar_t>
+Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
+                    double rtol, bool want_bottom, const char* op) {
+  const int64_t d = W.size(0);
+  const scalar_t* s = W.const_data_ptr<scalar_t>();
+  Lanczos<scalar_t> lz(
+      d, num_iters,
+      [s, d](const scalar_t* v, scalar_t* w) { gemv_rows(s, d, d, d, v, w, /*parallel=*/true); },
+      W.options());
+  lz.start(start);
+  const double eps = eps_of(W.scalar_type());
+  const double si_cost = shift_invert_cost(d, W.scalar_type());
+
+  bool top_done = false, bottom_converged = false;
+  Acceptance top_ok, bottom_ok;
+  Ritz top, bottom;
+  top.s.reserve(lz.max_steps());
+  bottom.s.reserve(lz.max_steps());
+  int64_t top_step = 0;
+  std::vector<double> log_rel(lz.max_steps() + 1, 0.0);  // log(bound / theta_0) by step
+  while (lz.step()) {
+    const int64_t m = lz.size();
+    const bool last = !lz.can_step();
+    if (m < kFirstCheck && !last) continue;
+    if (!top_done) {
+      lz.ritz(m - 1, top);
+      top_done = lz.invariant() || top_ok(top.bound <= tol * std::abs(top.value), m);
+      if (!top_done) continue;
+      top_step = m;
+      if (!want_bottom) break;
+    }
+    // The bottom end, from the same Krylov space. Plain Lanczos cannot deliver it when it
+    // lies below the threshold or S is too ill-conditioned for S's dtype (rounding in S v
+    // moves Ritz values by ~eps ||S||, even when the Krylov space is invariant): then
+    // shift-and-invert takes over.
+    lz.ritz(0, bottom);
+    const double lam_top = top.value;
+    if (bottom.value <= rtol * lam_top || lam_top * eps * kRoundingSlack > tol * bottom.value)
+      break;
+    if (lz.invariant() || bottom_ok(bottom.bound <= tol * bottom.value, m)) {
+      bottom_converged = true;
+      break;
+    }
+    if (last) break;
+    // It also gives up, ski-rental style, once the steps spent on the bottom alone reach a
+    // fraction of the shift-and-invert cost, or earlier when the rate at which its error
+    // bound fell over the last kRateWindow steps predicts that it will not converge in time
+    // (dense bottoms: the bound stalls while new Ritz values keep arriving from above).
+    const int64_t extra = m - top_step;
+    const double allowance = kSkiRental * si_cost - extra;
+    log_rel[m] = std::log(std::max(bottom.bound, 1e-300) / bottom.value);
+    if (allowance <= 0) break;
+    if (extra >= kRateWindow) {
+      const double rate = (log_rel[m - kRateWindow] - log_rel[m]) / kRateWindow;
+      const double needed = (log_rel[m] - std::log(tol)) / std::max(rate, 1e-3);
+      if (needed > 2 * allowance || m + needed > lz.max_steps()) break;
+    }
+  }
+  // The final top pair is at least as close to lam_max (interlacing) but may have a larger
+  // residual than the one accepted earlier (a new Ritz value from a cluster): keep the
+  // pair with the smaller bound.
+  if (Ritz last = lz.ritz(lz.size() - 1); !top_done || last.bound <= top.bound) top = last;
+  Plain out;
+  out.steps = lz.size();
+  out.lam_max = top.value;
+  out.u_max = lz.ritz_vector(top, W.scalar_type());
+  out.err_max = relative(top.bound, top.value);
   // Ritz values bound the spectrum from inside, so a clearly negative one proves S indefinite.
-  TORCH_CHECK_VALUE(bottom >= -std::sqrt(eps) * std::abs(top), "condnum.", op,
-                    ": S must be positive semi-definite, but it has an eigenvalue ", bottom,
-                    " < 0 (lam_max = ", top, ")");
-  if (ritz.invariant) bottom_converged = bottom > resolvable * top;
-  return result;
+  const double lowest = lz.value(0);
+  TORCH_CHECK_VALUE(lowest >= -std::sqrt(eps) * std::abs(top.value), "condnum.", op,
+                    ": S must be positive semi-definite, but it has an eigenvalue ", lowest,
+                    " < 0 (lam_max = ", top.value, ")");
+  if (want_bottom) {
+    bottom = lz.ritz(0);
+    out.lam_bottom = bottom.value;
+    out.err_bottom = relative(bottom.bound, bottom.value);
+    out.bottom_converged = bottom_converged;
+    out.u_bottom = lz.ritz_vector(bottom, W.scalar_type());
+  }
+  return out;
 }
 
-// Relative error bound of the top Ritz value (0 for an invariant Krylov space).
-double top_error(const RitzPairs& r) {
-  const double top = std::abs(r.value(r.m - 1));
-  return top > 0 ? r.error_bound(r.m - 1) / top : 0.0;
+Plain plain(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
+            double rtol, bool want_bottom, const char* op) {
+  return W.scalar_type() == at::kFloat
+             ? plain_lanczos<float>(W, start, num_iters, tol, rtol, want_bottom, op)
+             : plain_lanczos<double>(W, start, num_iters, tol, rtol, want_bottom, op);
 }
 
-at::Tensor as_error(double err) { return at::scalar_tensor(err, at::kDouble); }
+// ---------------------------------------------------------------- step 2: shift-and-invert
+
+struct Bottom {
+  double lam;
+  at::Tensor u;  // float64
+  double err;    // relative error bound
+  bool converged;
+  bool crowded;  // many Ritz values just below the threshold: the target is interior
+  int64_t steps;
+  bool interior = false;  // some Ritz values map below the threshold
+};
+
+// Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}; the wanted Ritz value is the largest one
+// whose lam = 1/theta - tau is above the threshold.
+// W + shift I in float64 (one copy).
+at::Tensor shifted64(const at::Tensor& W, double shift) {
+  auto A = W.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
+  A.diagonal().add_(shift);
+  return A;
+}
+
+Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
+                       int64_t num_iters, const at::Tensor& start) {
+  const int64_t d = W.size(0);
+  const double eps64 = std::numeric_limits<double>::epsilon();
+  double tau = std::max(rtol, 8.0 * d * eps64) * lam_max;
+  at::Tensor U;  // (d, d) row-major; its upper triangle holds U, S + tau I = U^T U
+  for (int attempt = 0;; ++attempt, tau *= 10) {
+    auto A = shifted64(W, tau);
+#if AT_BUILD_WITH_LAPACK()
+    // In place: row-major A is the column-major A^T = A, whose lower Cholesky factor L
+    // lands in the upper triangle of the row-major view as U = L^T. The other triangle
+    // is left as it was (never read), which saves torch's copy and tril pass.
+    int info = 0;
+    at::native::lapackCholesky<double>('L', static_cast<int>(d), A.mutable_data_ptr<double>(),
+                                       static_cast<int>(d), &info);
+    const bool ok = info == 0;
+    if (ok) U = A;
+#else
+    auto [factor, info_t] = at::linalg_cholesky_ex(A);
+    const bool ok = info_t.item<int64_t>() == 0;
+    if (ok) U = factor.mT().contiguous();
+#endif
+    if (ok) break;
+    TORCH_CHECK_VALUE(attempt < kCholeskyRetries, "condnum.extreme_eigh: S must be positive ",
+                      "semi-definite, but the Cholesky factorisation of S + tau*I failed for tau ",
+                      "up to ", tau, " (lam_max = ", lam_max, ")");
+  }
+  const double threshold = rtol * lam_max;
+  const double mu_threshold = 1.0 / (threshold + tau);
+  const double* u = U.const_data_ptr<double>();
+  Lanczos<double> lz(
+      d, num_iters,
+      [u, d](const double* v, double* w) {
+        std::copy(v, v + d, w);
+        cholesky_solve_upper(u, d, w);
+      },
+      start.options());
+  lz.start(start);
+  auto wanted = [&]() -> int64_t { return lz.count_below(mu_threshold) - 1; };
+  // |d lam| = |d theta| / theta^2
+  auto error = [&](const Ritz& r) {
+    return lz.invariant() ? 0.0 : r.bound / (r.value * r.value) / (1.0 / r.value - tau);
+  };
+  auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
+  Ritz r;
+  r.s.reserve(lz.max_steps());
+  bool converged = false, crowded = false;
+  Acceptance ok;
+  int64_t last_above = -1;  // Ritz values above the wanted one at the previous step
+  while (lz.step()) {
+    const int64_t m = lz.size();
+    if (m < kFirstCheck && lz.can_step()) continue;
+    const int64_t i = wanted();
+    if (i < 0) continue;
+    lz.ritz(i, r);
+    const bool same = m - 1 - i == last_above;
+    last_above = m - 1 - i;
+    if (lz.invariant() || ok(accurate(r) && same, m)) {
+      converged = true;
+      break;
+    }
+    // Ritz values above mu_threshold are eigenvalues below the threshold; when several
+    // map close below it, the wanted one is deep inside the Krylov spectrum: give up
+    // early for the LDL^T route.
+    if (m >= 16 && m - 1 - i >= 4 && lz.value(i + 1) < 4.0 * mu_threshold / 3.0) {
+      crowded = true;
+      break;
+    }
+  }
+  const int64_t i = wanted();
+  Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, crowded, lz.size()};
+  if (i < 0) return out;
+  r = lz.ritz(i);
+  out.interior = i < lz.size() - 1;
+  out.lam = 1.0 / r.value - tau;
+  out.u = lz.ritz_vector(r, at::kDouble);
+  out.err = error(r);
+  out.converged = converged || accurate(r);
+  return out;
+}
+
+// Lanczos on (S - sigma I)^{-1}, sigma = threshold, through an LDL^T (Bunch-Kaufman)
+// factor: eigenvalues above sigma map to the positive part, the wanted one to its top.
+Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, int64_t num_iters,
+                  const at::Tensor& start) {
+  const int64_t d = W.size(0);
+  const double sigma = rtol * lam_max;
+  Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, false, 0};
+  Lanczos<double>::Operator apply;
+#if AT_BUILD_WITH_LAPACK()
+  // Bunch-Kaufman in place (row-major A is the column-major A^T = A), no copies or tril pass.
+  auto A = shifted64(W, -sigma);
+  double* a = A.mutable_data_ptr<double>();
+  const int n = static_cast<int>(d);
+  std::vector<int> ipiv(d);
+  int info = 0;
+  double query = 0;
+  at::native::lapackLdlSymmetric<double>('L', n, a, n, ipiv.data(), &query, -1, &info);
+  std::vector<double> work(std::max<int64_t>(1, static_cast<int64_t>(query)));
+  at::native::lapackLdlSymmetric<double>('L', n, a, n, ipiv.data(), work.data(),
+                                         static_cast<int>(work.size()), &info);
+  if (info != 0) return out;  // an eigenvalue equals sigma: keep Cholesky's answer
+  apply = [a, n, &ipiv](const double* v, double* w) {
+    std::copy(v, v + n, w);
+    int solve_info = 0;
+    at::native::lapackLdlSolveSymmetric<double>('L', n, 1, a, n, ipiv.data(), w, n, &solve_info);
+  };
+#else
+  auto [LD, pivots, info_t] = at::linalg_ldl_factor_ex(shifted64(W, -sigma), /*hermitian=*/true);
+  if (info_t.item<int64_t>() != 0) return out;  // an eigenvalue equals sigma
+  auto col = at::empty({d, 1}, start.options());
+  double* c = col.mutable_data_ptr<double>();
+  apply = [&, c, d](const double* v, double* w) {
+    std::copy(v, v + d, c);
+    const auto x = at::linalg_ldl_solve(LD, pivots, col, /*hermitian=*/true);
+    const double* px = x.const_data_ptr<double>();
+    std::copy(px, px + d, w);
+  };
+#endif
+  Lanczos<double> lz(d, num_iters, apply, start.options());
+  lz.start(start);
+  auto error = [&](const Ritz& r) {
+    return lz.invariant() ? 0.0 : r.bound / (r.value * r.value) / (sigma + 1.0 / r.value);
+  };
+  auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
+  Ritz r;
+  r.s.reserve(lz.max_steps());
+  bool converged = false;
+  Acceptance ok;
+  while (lz.step()) {
+    const int64_t m = lz.size();
+    if (m < kFirstCheck && lz.can_step()) continue;
+    lz.ritz(m - 1, r);
+    if (lz.invariant() || ok(r.value > 0 && accurate(r), m)) {
+      converged = true;
+      break;
+    }
+  }
+  r = lz.ritz(lz.size() - 1);
+  out.steps = lz.size();
+  if (r.value <= 0) return out;
+  out.lam = sigma + 1.0 / r.value;
+  out.u = lz.ritz_vector(r, at::kDouble);
+  out.err = error(r);
+  out.converged = converged || accurate(r);
+  return out;
+}
+
+// The bottom of the numerical range by shift-and-invert. theta0: plain Lanczos' bottom Ritz
+// value (an upper bound on the smallest eigenvalue).
+Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
+                           int64_t num_iters, const at::Tensor& start, double theta0) {
+  const auto start64 = start.to(at::kDouble);
+  const int64_t d = W.size(0);
+  const double threshold = rtol * lam_max;
+  // Shifting to the threshold itself (LDL^T: S - threshold I may be indefinite) pays when
+  // the spectrum reaches down near the threshold: the wanted eigenvalue is then the top of
+  // the positive part with a large relative gap, and eigenvalues crowding just below the
+  // threshold (float32 S with kappa >> 1/rtol) cannot hide it. When the threshold is at
+  // rounding level or far below theta0, Cholesky of S + tau I is cheaper and as good.
+  const bool near_threshold =
+      threshold > 8.0 * d * std::numeric_limits<double>::epsilon() * lam_max &&
+      theta0 < 16.0 * threshold && theta0 > threshold / 64.0;
+  Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, false, 0};
+  bool tried_ldl = false;
+  if (near_threshold) {
+    out = ldl_bottom(W, lam_max, rtol, tol, num_iters, start64);
+    tried_ldl = true;
+  }
+  if (!out.converged) {
+    auto chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64);
+    if (!tried_ldl && (chol.crowded || (!chol.converged && chol.interior && rtol > 0))) {
+      auto alt = ldl_bottom(W, lam_max, rtol, tol, num_iters, chol.u.defined() ? chol.u : start64);
+      if (!std::isnan(alt.lam) && (alt.converged || !chol.converged)) chol = alt;
+    }
+    if (std::isnan(out.lam) || chol.converged || chol.err < out.err) out = chol;
+  }
+  TORCH_CHECK_VALUE(!std::isnan(out.lam), "condnum.extreme_eigh: found no eigenvalue above ",
+                    "rtol * lam_max = ", threshold, " in ", out.steps,
+                    " shift-and-invert Lanczos steps; S is numerically zero or rtol is too large");
+  return out;
+}
+
+// ---------------------------------------------------------------- ops
+
+at::Tensor err_tensor(double err, const at::Tensor& S) {
+  return at::scalar_tensor(err, S.options().dtype(at::kDouble));
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> top_eigh_cpu(const at::Tensor& S, int64_t num_iters,
-                                                double tol, const std::optional<at::Tensor>& v0) {
+                                                            double tol,
+                                                            const std::optional<at::Tensor>& v0) {
   check_square(S, "top_eigh", "S");
   check_budget(num_iters, tol, "top_eigh");
-  const auto a = unit_or_none(v0, S, "v0");
+  const auto a = unit_or_none(v0, S, "top_eigh", "v0");
   const auto W = symmetrized(S, "top_eigh", "S", S.scalar_type());
-  bool unused;
-  const auto plain = plain_lanczos(W, start_vector(a, {}, pseudo_random_unit(W.size(0), W.options())),
-                                   num_iters, tol, 0.0, false, unused, "top_eigh");
-  const int64_t top = plain.ritz.m - 1;
-  return {at::scalar_tensor(plain.ritz.value(top), S.options()),
-          with_sign_convention(plain.ritz_vector(top)), as_error(top_error(plain.ritz))};
+  const auto random = pseudo_random_unit(W.size(0), W.options());
+  const auto p = plain(W, start_vector(a, {}, random), num_iters, tol, 0.0, false, "top_eigh");
+  return {at::scalar_tensor(p.lam_max, S.options()), with_sign_convention(p.u_max),
+          err_tensor(p.err_max, S)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_eigh_cpu(
@@ -180,41 +454,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
   check_budget(num_iters, tol, "extreme_eigh");
   TORCH_CHECK_VALUE(rtol >= 0 && rtol < 1, "condnum.extreme_eigh: rtol must be in [0, 1), got ",
                     rtol);
-  const auto a = unit_or_none(v0_max, S, "v0_max");
-  const auto b = unit_or_none(v0_min, S, "v0_min");
+  const auto a = unit_or_none(v0_max, S, "extreme_eigh", "v0_max");
+  const auto b = unit_or_none(v0_min, S, "extreme_eigh", "v0_min");
   const auto W = symmetrized(S, "extreme_eigh", "S", S.scalar_type());
   const auto random = pseudo_random_unit(W.size(0), W.options());
 
   // 1. Both ends from one Krylov space of S.
-  bool bottom_converged;
-  const auto plain = plain_lanczos(W, start_vector(a, b, random), num_iters, tol, rtol, true,
-                                   bottom_converged, "extreme_eigh");
-  const auto& ritz = plain.ritz;
-  const double lam_max = ritz.value(ritz.m - 1);
-  auto u_max = with_sign_convention(plain.ritz_vector(ritz.m - 1));
+  const auto p = plain(W, start_vector(a, b, random), num_iters, tol, rtol, true, "extreme_eigh");
+  const double lam_max = p.lam_max;
+  auto u_max = with_sign_convention(p.u_max);
   const auto opts = S.options();
   if (lam_max <= 0) {  // S == 0: every unit vector is an eigenvector of eigenvalue 0
     auto zero = at::zeros({}, opts);
-    return {zero, zero.clone(), u_max.clone(), u_max, as_error(0.0)};
+    return {zero, zero.clone(), u_max.clone(), u_max, err_tensor(0.0, S)};
   }
 
   // 2. The bottom end, by shift-and-invert unless plain Lanczos already has it.
-  double lam_min, err = top_error(ritz);
+  double lam_min, err_min;
   at::Tensor u_min;
-  if (bottom_converged) {
-    lam_min = ritz.value(0);
-    u_min = plain.ritz_vector(0);
-    err = std::max(err, ritz.error_bound(0) / lam_min);
+  if (p.bottom_converged) {
+    lam_min = p.lam_bottom;
+    u_min = p.u_bottom;
+    err_min = p.err_bottom;
   } else {
-    const auto start =
-        b.defined() ? start_vector(b, {}, random) : plain.ritz_vector(0) + random;
-    auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start);
+    // Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors: a few
+    // steps fewer than a random start).
+    const auto start = b.defined() ? start_vector(b, {}, random) : p.u_bottom + random * 0.1;
+    auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, p.lam_bottom);
     lam_min = r.lam;
     u_min = r.u.to(S.scalar_type());
-    err = std::max(err, r.rel_err);
+    err_min = r.err;
   }
   return {at::scalar_tensor(lam_min, opts), at::scalar_tensor(lam_max, opts),
-          with_sign_convention(u_min), u_max, as_error(err)};
+          with_sign_convention(u_min), u_max, err_tensor(std::max(err_min, p.err_max), S)};
 }
 
 }  // namespace

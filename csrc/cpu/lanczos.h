@@ -1,44 +1,121 @@
 // Lanczos with full reorthogonalisation for a symmetric operator on the CPU.
 //
 // From a unit start vector v_0, builds an orthonormal Krylov basis V = [v_0 .. v_{m-1}]
-// and the tridiagonal T = V^T A V (alpha on the diagonal, beta off it). Each new
-// direction is orthogonalised against the whole basis twice (classical Gram-Schmidt,
-// "twice is enough"), so Ritz values do not repeat. Ritz pairs (theta_i, y_i = V s_i)
-// come from eigh(T); ||A y_i - theta_i y_i|| = beta_m |s_{m-1,i}| is their residual.
-// Cost per step: one operator application plus 4 m d flops; memory (m+1) d.
+// (rows of a preallocated (max_steps + 1, d) buffer) and the tridiagonal T = V^T A V
+// (alpha on the diagonal, beta off it). Each new direction w = A v_j is orthogonalised
+// against the whole basis by classical Gram-Schmidt, with a second pass when the first
+// removed more than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values
+// do not repeat. Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T
+// by O(m) tridiagonal routines: theta_i by Sturm-sequence bisection, s_i by inverse
+// iteration. Its residual is r = ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]|, and some
+// eigenvalue of A lies within r of theta_i: r is the error bound used (ARPACK's test; the
+// sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()).
+// Cost per step: one operator application plus 4 m d flops (8 m d with the second pass);
+// a convergence check costs O(m) per Ritz value; memory (max_steps + 1) d.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace condnum {
 
-struct RitzPairs {
-  at::Tensor values;     // (m,) float64, ascending
-  at::Tensor vectors;    // (m, m) float64, columns s_i (eigenvectors of T)
-  at::Tensor residuals;  // (m,) float64, ||A y_i - theta_i y_i||
-  int64_t m = 0;
-  bool invariant = false;  // the Krylov space is A-invariant: Ritz pairs are exact
+// ---------------------------------------------------------------- dense kernels (raw, CPU)
+// Vectorised for the CPU at hand (GCC vector extensions; on x86-64 Linux with GCC, clones
+// for AVX-512, AVX2 and baseline are picked at load time).
+// y[i] = sum_j A[i*lda + j] x[j] for rows [0, rows); parallel over rows when large.
+void gemv_rows(const float* A, int64_t lda, int64_t rows, int64_t n, const float* x, float* y,
+               bool parallel);
+void gemv_rows(const double* A, int64_t lda, int64_t rows, int64_t n, const double* x, double* y,
+               bool parallel);
+// y -= sum_k h[k] A[k*lda + :n] (k < rows).
+void sub_gemv_t(const float* A, int64_t lda, int64_t rows, int64_t n, const float* h, float* y);
+void sub_gemv_t(const double* A, int64_t lda, int64_t rows, int64_t n, const double* h, double* y);
+// Solves (U^T U) x = b in place for upper-triangular U stored row-major (d, d); b: (d,).
+void cholesky_solve_upper(const double* U, int64_t d, double* b);
 
-  // Error bound for Ritz value i: its residual norm.
-  double error_bound(int64_t i) const;
-  double value(int64_t i) const { return values[i].item<double>(); }
+// ---------------------------------------------------------------- tridiagonal routines, O(m)
+// T is m x m with diagonal alpha[0..m) and off-diagonal beta[0..m-1).
+struct Tridiagonal {
+  const double* alpha;
+  const double* beta;
+  int64_t m;
+};
+// Number of eigenvalues of T below x (Sturm sequence of the LDL^T pivots of T - x I).
+int64_t sturm_count(const Tridiagonal& T, double x);
+// The k-th smallest eigenvalue (k = 0 .. m-1) of T, to about machine precision, by bisection.
+double tridiagonal_eigenvalue(const Tridiagonal& T, int64_t k);
+// A unit eigenvector s (m,) of T for its eigenvalue theta, by inverse iteration (tridiagonal
+// LU with partial pivoting). `work` is resized as needed.
+void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
+                             std::vector<double>& work);
+
+// ---------------------------------------------------------------- Lanczos
+struct Ritz {
+  int64_t index = -1;     // 0 = smallest Ritz value
+  int64_t m = 0;          // basis size it was computed at
+  double value = 0;       // theta_i
+  double residual = 0;    // r = ||A y_i - theta_i y_i||
+  double bound = 0;       // error bound on theta_i: the residual (0 if the space is invariant)
+  std::vector<double> s;  // (m,) eigenvector of T_m: y_i = V_m^T s
 };
 
-struct LanczosResult {
-  RitzPairs ritz;
-  at::Tensor basis;  // (m, d), rows v_j, in the operator's dtype
-  // y_i = V^T s_i, a unit vector.
-  at::Tensor ritz_vector(int64_t i) const;
+template <typename scalar_t>
+class Lanczos {
+ public:
+  using Operator = std::function<void(const scalar_t* v, scalar_t* w)>;  // w = A v
+
+  // Preallocates the basis for min(max_steps, d) steps. `opts` gives the device (CPU).
+  Lanczos(int64_t d, int64_t max_steps, Operator apply, const at::TensorOptions& opts);
+
+  // Starts from v0 (any nonzero vector of shape (d,), converted to scalar_t).
+  void start(const at::Tensor& v0);
+  // One step: extends the basis by A v_{m-1}. Returns false once the basis is full or
+  // A-invariant (then no further step is taken and the Ritz pairs are exact).
+  bool step();
+
+  int64_t size() const { return m_; }
+  int64_t max_steps() const { return steps_; }
+  bool invariant() const { return invariant_; }
+  bool can_step() const { return !invariant_ && m_ < steps_; }
+  // Running max of |alpha|, beta: an estimate of ||A|| on the Krylov space.
+  double scale() const { return scale_; }
+
+  // Ritz value i of T_m (0 = smallest), O(m) by bisection.
+  double value(int64_t i) const;
+  // Number of Ritz values below x.
+  int64_t count_below(double x) const;
+  // Ritz pair i with residual and error bound: O(m) (bisection, bracketed by the previous
+  // check at the same end, and inverse iteration for s_i).
+  Ritz ritz(int64_t i);
+  // The same into r, reusing its storage (no allocation once r.s has capacity max_steps()).
+  void ritz(int64_t i, Ritz& r);
+  // y_i = V^T s_i (unit, float64 accumulation) for a pair computed at this or a smaller size.
+  at::Tensor ritz_vector(const Ritz& r, at::ScalarType dtype) const;
+
+ private:
+  Tridiagonal tridiagonal() const { return {alpha_.data(), beta_.data(), m_}; }
+
+  // The last check at each end (the bottom, and a fixed offset from the top): a bracket
+  // for the next one.
+  struct End {
+    double value = 0, bound = 0;
+    int64_t m = 0, from_top = -1;
+  };
+
+  Operator apply_;
+  int64_t d_, steps_, m_ = 0;
+  End bottom_, top_;
+  at::Tensor V_;  // (steps + 1, d), rows v_j
+  std::vector<scalar_t> w_, h_;
+  std::vector<double> alpha_, beta_, work_;
+  double scale_ = 0, eps_;
+  bool invariant_ = false;
 };
 
-using Operator = std::function<void(const at::Tensor& v, at::Tensor& w)>;  // w = A v
-using Converged = std::function<bool(const RitzPairs&)>;
-
-// Runs at most min(max_iters, d) steps from v0 (any nonzero vector), stopping early when
-// `converged` says so (checked every few steps) or when the Krylov space becomes invariant.
-LanczosResult lanczos(const Operator& apply, const at::Tensor& v0, int64_t max_iters,
-                      const Converged& converged);
+extern template class Lanczos<float>;
+extern template class Lanczos<double>;
 
 // A deterministic pseudo-random unit vector (splitmix64 of the index): no RNG state used.
 at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options);

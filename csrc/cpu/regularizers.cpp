@@ -19,6 +19,12 @@
 namespace condnum {
 namespace {
 
+// A 0-dim result in S's dtype; a value beyond its range becomes +-inf (never an error), so
+// callers' non-finite safeguards see it.
+at::Tensor scalar_like(double value, const at::Tensor& S) {
+  return at::scalar_tensor(value, S.options().dtype(at::kDouble)).to(S.scalar_type());
+}
+
 void check_inputs(const at::Tensor& S, const at::Tensor& lam, const at::Tensor& u, int64_t k,
                   const char* op, const char* lam_arg, const char* u_arg) {
   check_square(S, op, "S");
@@ -57,7 +63,7 @@ at::Tensor r_well_cpu(const at::Tensor& S, const at::Tensor& lam_max, const at::
                       int64_t k) {
   check_inputs(S, lam_max, u_max, k, "r_well", "lam_max", "u_max");
   const double lam = lam_max.item<double>();
-  return at::scalar_tensor(0.5 * lam * lam - squared_norm(S) / (2.0 * k), S.options());
+  return scalar_like(0.5 * lam * lam - squared_norm(S) / (2.0 * k), S);
 }
 
 at::Tensor r_well_backward_cpu(const at::Tensor& grad, const at::Tensor& S,
@@ -80,7 +86,7 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
                     "||S||_F^2/(2k) - lam_min^2/2 = ", D, " is zero to working precision, i.e. ",
                     "all k = ", k, " eigenvalues equal lam_min = ", lam,
                     " (kappa = 1), or k exceeds the number of eigenvalues");
-  return at::scalar_tensor(1.0 / D, S.options());
+  return scalar_like(1.0 / D, S);
 }
 
 at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,

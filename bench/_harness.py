@@ -1,0 +1,331 @@
+"""Shared benchmark harness: timing, matrices with a controlled spectrum, tables, JSON.
+
+Every script in bench/ uses these pieces, so results are comparable across scripts:
+
+- ``timeit``: ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-up, CUDA sync,
+  the thread count of the process), median in milliseconds;
+- ``spectrum`` / ``matrix``: the one generator of test matrices (geometric, log-uniform
+  or Wishart spectra, rotated by a seeded random orthogonal Q, built in float64);
+- ``environment``: the machine block printed above every table and saved with it
+  (CPU model, threads, torch/CUDA versions, device, git commit);
+- ``Table``: prints rows as they arrive, saves ``bench/results/NAME.json`` and, with
+  ``--compare OLD.json``, adds the time ratio old/new per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+SPECTRA = ("geometric", "loguniform", "wishart")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="default: cuda if available, else cpu",
+    )
+    p.add_argument("--quick", action="store_true", help="a few small cases (smoke run)")
+    p.add_argument("--d", type=int, nargs="*", default=None, help="matrix sizes")
+    p.add_argument("--dtype", choices=["float32", "float64"], nargs="*", default=None)
+    p.add_argument(
+        "--min-run-time",
+        type=float,
+        default=None,
+        help="seconds of timing per measurement (blocked_autorange)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="statistic of the timed blocks (min resists noise from other jobs)",
+    )
+    p.add_argument("--name", default=None, help="results file stem (default: script name)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="an earlier results JSON: print old/new time ratios",
+    )
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    global STAT
+    STAT = args.stat
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch.cuda.is_available() is False")
+    return torch.device(args.device)
+
+
+def dtypes(args: argparse.Namespace) -> list[torch.dtype]:
+    names = args.dtype or ["float32", "float64"]
+    return [getattr(torch, n) for n in names]
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else "none"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return commit + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "stat": STAT,
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        import condnum
+
+        env["condnum_cuda"] = condnum.built_with_cuda()
+    except ImportError as err:
+        env["condnum"] = f"import failed: {err}"
+    if torch.version.cuda:
+        env["cuda"] = torch.version.cuda
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def print_environment(env: dict[str, Any]) -> None:
+    print("# " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+STAT = "median"
+
+
+def timeit(fn: Callable[[], Any], min_run_time: float = 0.3) -> float:
+    """Wall time of ``fn()`` in milliseconds (CUDA synchronised by the Timer): the median
+    (or, with ``--stat min``, the minimum) over blocked_autorange's blocks."""
+    fn()  # warm-up (and first-call allocations) outside the measurement
+    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = t.blocked_autorange(min_run_time=min_run_time)
+    return (min(m.times) if STAT == "min" else m.median) * 1e3
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+def spectrum(kind: str, d: int, kappa: float, seed: int = 0) -> torch.Tensor:
+    """d eigenvalues in [1/kappa, 1] (float64, descending order not guaranteed).
+
+    ``geometric``: 1/kappa ** (i/(d-1)), evenly spaced in log scale, both ends present;
+    ``loguniform``: i.i.d. log-uniform in [1/kappa, 1] with both ends present;
+    ``wishart``: not a closed-form spectrum (see ``matrix``); kappa is ignored.
+    """
+    if kind == "geometric":
+        return kappa ** (-torch.arange(d, dtype=torch.float64) / max(d - 1, 1))
+    if kind == "loguniform":
+        g = torch.Generator().manual_seed(seed)
+        ev = kappa ** (-torch.rand(d, generator=g, dtype=torch.float64))
+        ev[0], ev[-1] = 1.0, 1.0 / kappa
+        return ev
+    raise ValueError(f"unknown spectrum {kind!r}; expected one of {SPECTRA}")
+
+
+def random_orthogonal(d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return Q * torch.sign(torch.diagonal(R))
+
+
+def matrix(
+    kind: str,
+    d: int,
+    kappa: float = 1e4,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    Q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A symmetric PSD (d, d) test matrix, built in float64 and rounded to ``dtype``.
+
+    ``geometric`` / ``loguniform``: ``Q diag(spectrum) Q^T`` with a seeded orthogonal Q;
+    ``wishart``: ``Z^T Z / N`` with Gaussian Z of shape (2d, d) (Marchenko-Pastur
+    spectrum in about [0.09, 2.9], kappa ~ 34, dense at both edges).
+    """
+    if kind == "wishart":
+        g = torch.Generator().manual_seed(seed)
+        Z = torch.randn(2 * d, d, generator=g, dtype=torch.float64)
+        S = Z.T @ Z / (2 * d)
+    else:
+        Q = random_orthogonal(d, seed) if Q is None else Q
+        S = (Q * spectrum(kind, d, kappa, seed)) @ Q.T
+    S = (S + S.T) / 2
+    return S.to(dtype=dtype, device=device)
+
+
+def features(
+    kind: str,
+    N: int,
+    d: int,
+    kappa: float = 1e4,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Features Z (N, d) whose Gram Z^T Z has the spectrum of ``matrix(kind, d, kappa)``
+    (its nonzero part when N < d): Z = P diag(sqrt(ev)) Q^T with orthonormal P (N, r).
+    ``wishart``: plain Gaussian Z / sqrt(N)."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "wishart":
+        Z = torch.randn(N, d, generator=g, dtype=torch.float64) / math.sqrt(N)
+    else:
+        r = min(N, d)
+        ev = spectrum(kind, d, kappa, seed)[:r]
+        P, _ = torch.linalg.qr(torch.randn(N, r, generator=g, dtype=torch.float64))
+        Q = random_orthogonal(d, seed + 1)[:, :r]
+        Z = (P * ev.sqrt()) @ Q.T
+    return Z.to(dtype=dtype, device=device)
+
+
+def perturbed(S: torch.Tensor, eps: float = 1e-3, seed: int = 1) -> torch.Tensor:
+    """``M S M^T`` with ``M = I + eps E``, E symmetric Gaussian with ``||E||_2 ~ 1``.
+
+    A "previous training step" matrix for warm-start measurements: PSD, each
+    eigenvalue moves by a relative ~``2 eps``, eigenvectors rotate within clusters.
+    """
+    d = S.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(d, d, generator=g, dtype=torch.float64)
+    E = (E + E.T) / (2 * math.sqrt(2 * d))  # semicircle law: ||E||_2 ~ 1
+    M = torch.eye(d, dtype=torch.float64) + eps * E
+    out = M @ S.detach().double().cpu() @ M.T
+    return ((out + out.T) / 2).to(dtype=S.dtype, device=S.device)
+
+
+def reference_extremes(S: torch.Tensor, rtol: float) -> tuple[float, float]:
+    """(lam_min over the numerical range, lam_max) by float64 eigvalsh on the CPU."""
+    ev = torch.linalg.eigvalsh(S.detach().double().cpu())
+    return ev[ev > rtol * ev[-1]][0].item(), ev[-1].item()
+
+
+def rel_err(a: float, b: float) -> float:
+    return abs(a - b) / abs(b) if b != 0 else abs(a - b)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e4 or abs(v) < 1e-2:
+            return f"{v:.1e}"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+class Table:
+    """Rows of dicts: printed as they arrive (markdown), saved as JSON at the end."""
+
+    def __init__(
+        self,
+        name: str,
+        columns: Sequence[str],
+        env: dict[str, Any],
+        key: Sequence[str],
+        compare: Path | None = None,
+        time_column: str | None = None,
+    ) -> None:
+        self.name, self.columns, self.env, self.key = name, list(columns), env, list(key)
+        self.rows: list[dict[str, Any]] = []
+        self.time_column = time_column
+        self.old: dict[tuple, dict[str, Any]] = {}
+        if compare is not None:
+            data = json.loads(Path(compare).read_text())
+            self.old = {tuple(r.get(k) for k in self.key): r for r in data["rows"]}
+            if time_column:
+                self.columns.append(f"old/new {time_column}")
+        print_environment(env)
+        print("| " + " | ".join(self.columns) + " |")
+        print("|" + "|".join("---" for _ in self.columns) + "|", flush=True)
+
+    def add(self, **row: Any) -> None:
+        if self.old and self.time_column:
+            old = self.old.get(tuple(row.get(k) for k in self.key))
+            ratio = float("nan")
+            if old is not None and row.get(self.time_column):
+                ratio = old[self.time_column] / row[self.time_column]
+            row[f"old/new {self.time_column}"] = ratio
+        self.rows.append(row)
+        print("| " + " | ".join(_fmt(row.get(c, "")) for c in self.columns) + " |", flush=True)
+
+    def save(self, stem: str | None = None) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{stem or self.name}.json"
+        path.write_text(
+            json.dumps(
+                {"name": self.name, "env": self.env, "rows": self.rows}, indent=1, default=str
+            )
+        )
+        print(f"# saved {path.relative_to(ROOT)}", flush=True)
+        return path

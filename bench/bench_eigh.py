@@ -1,0 +1,185 @@
+"""Extreme eigenvalues of a symmetric PSD S: condnum.functional.extreme_eigh vs the field.
+
+For each size, dtype and spectrum, every method computes (lam_min, lam_max) of the same
+S, where lam_min is taken over the numerical range (eigenvalues above rtol * lam_max,
+rtol = d * eps(dtype), the library default). Errors are relative to float64
+torch.linalg.eigvalsh of the same matrix; times are medians (torch.utils.benchmark) and
+`speedup` is eigvalsh's time over the method's, in the same run, dtype and device.
+
+Methods:
+  ours       extreme_eigh cold (fixed pseudo-random start);
+  ours_warm  extreme_eigh warm-started with the eigenvectors of a perturbed matrix
+             M S M^T, M = I + 1e-3 E (the previous training step);
+  ours_top   top_eigh cold: lam_max only (what R_well needs);
+  eigvalsh   torch.linalg.eigvalsh (the baseline);
+  eigh       torch.linalg.eigh;
+  lobpcg     torch.lobpcg, k=1, once largest and once smallest (no preconditioner);
+  eigsh      scipy.sparse.linalg.eigsh (ARPACK): which='LA' for the top, shift-invert
+             sigma=0 for the bottom (CPU only).
+lobpcg/eigsh return the smallest eigenvalue of S, not of its numerical range: where
+they differ (float32, kappa > 1/rtol) their err_min says so.
+
+    python bench/bench_eigh.py --quick
+    python bench/bench_eigh.py --d 768 --name eigh_768
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import _harness as H
+import torch
+
+from condnum import functional as F
+
+SPECTRA = [
+    ("geometric", 1e2),
+    ("geometric", 1e4),
+    ("geometric", 1e6),
+    ("loguniform", 1e2),
+    ("loguniform", 1e4),
+    ("loguniform", 1e6),
+    ("wishart", float("nan")),
+]
+QUICK_SPECTRA = [("geometric", 1e2), ("geometric", 1e6), ("wishart", float("nan"))]
+METHODS = ["ours", "ours_warm", "ours_top", "eigvalsh", "eigh", "lobpcg", "eigsh"]
+#: Accuracy the design bars ask for (relative, vs float64 eigvalsh).
+BAR_TOL = {torch.float32: 1e-3, torch.float64: 1e-4}
+
+
+def in_range_min(ev: torch.Tensor, rtol: float) -> float:
+    ev = ev.double()
+    return ev[ev > rtol * ev.max()].min().item()
+
+
+def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str]):
+    """name -> (fn, extract) where extract(fn()) gives (lam_min, lam_max) as floats."""
+    out = {}
+    if "ours" in methods:
+        out["ours"] = (
+            lambda: F.extreme_eigh(S, rtol=rtol, tol=tol),
+            lambda r: (r[0].item(), r[1].item()),
+        )
+    if "ours_warm" in methods:
+        prev = F.extreme_eigh(H.perturbed(S, 1e-3), rtol=rtol, tol=tol)
+        out["ours_warm"] = (
+            lambda: F.extreme_eigh(S, rtol=rtol, tol=tol, v0_min=prev[2], v0_max=prev[3]),
+            lambda r: (r[0].item(), r[1].item()),
+        )
+    if "ours_top" in methods:
+        out["ours_top"] = (lambda: F.top_eigh(S, tol=tol), lambda r: (math.nan, r[0].item()))
+    if "eigvalsh" in methods:
+        out["eigvalsh"] = (
+            lambda: torch.linalg.eigvalsh(S),
+            lambda ev: (in_range_min(ev, rtol), ev.max().item()),
+        )
+    if "eigh" in methods:
+        out["eigh"] = (
+            lambda: torch.linalg.eigh(S),
+            lambda r: (in_range_min(r[0], rtol), r[0].max().item()),
+        )
+    if "lobpcg" in methods:
+        ltol = tol if tol is not None else F.DEFAULT_TOL[S.dtype]
+
+        def lobpcg():
+            top = torch.lobpcg(S, k=1, largest=True, tol=ltol, niter=1000)[0]
+            bottom = torch.lobpcg(S, k=1, largest=False, tol=ltol, niter=1000)[0]
+            return bottom, top
+
+        out["lobpcg"] = (lobpcg, lambda r: (r[0].item(), r[1].item()))
+    if "eigsh" in methods and S.device.type == "cpu":
+        try:
+            from scipy.sparse.linalg import eigsh
+        except ImportError:
+            eigsh = None
+        if eigsh is not None:
+            A = S.numpy()
+            etol = tol if tol is not None else F.DEFAULT_TOL[S.dtype]
+
+            def scipy_eigsh():
+                top = eigsh(A, k=1, which="LA", tol=etol, return_eigenvectors=False)
+                bottom = eigsh(A, k=1, sigma=0.0, which="LM", tol=etol, return_eigenvectors=False)
+                return float(bottom[0]), float(top[0])
+
+            out["eigsh"] = (scipy_eigsh, lambda r: r)
+    return out
+
+
+def main() -> None:
+    p = H.parser(__doc__.split("\n")[0])
+    p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
+    p.add_argument(
+        "--spectra", nargs="*", default=None, help="kind:kappa pairs, e.g. geometric:1e4 wishart:0"
+    )
+    p.add_argument(
+        "--tol",
+        choices=["default", "bar"],
+        default="default",
+        help="tol passed to the iterative solvers: the library default "
+        "(1e-4 float32 / 1e-7 float64) or the bar accuracy (1e-3 / 1e-4)",
+    )
+    args = p.parse_args()
+    device = H.setup(args)
+    ds = args.d or ([256] if args.quick else [256, 768, 1024, 2048])
+    spectra = SPECTRA if not args.quick else QUICK_SPECTRA
+    if args.spectra:
+        spectra = [(s.split(":")[0], float(s.split(":")[1])) for s in args.spectra]
+    mrt = args.min_run_time or (0.05 if args.quick else 0.3)
+    env = H.environment(device)
+    env["tol"] = args.tol
+    table = H.Table(
+        args.name or "bench_eigh",
+        [
+            "d",
+            "dtype",
+            "spectrum",
+            "kappa",
+            "method",
+            "ms",
+            "eigvalsh_ms",
+            "speedup",
+            "err_min",
+            "err_max",
+            "bar",
+        ],
+        env,
+        key=["d", "dtype", "spectrum", "kappa", "method"],
+        compare=args.compare,
+        time_column="ms",
+    )
+    for d in ds:
+        for dtype in H.dtypes(args):
+            for kind, kappa in spectra:
+                S = H.matrix(kind, d, kappa, dtype, device)
+                rtol = F.default_rtol(S)
+                ref_min, ref_max = H.reference_extremes(S, rtol)
+                tol = BAR_TOL[dtype] if args.tol == "bar" else None
+                base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # unconverged solvers report via err
+                    for name, (fn, extract) in runners(S, rtol, tol, args.methods).items():
+                        ms = base if name == "eigvalsh" else H.timeit(fn, mrt)
+                        lam_min, lam_max = extract(fn())
+                        e_min = math.nan if math.isnan(lam_min) else H.rel_err(lam_min, ref_min)
+                        e_max = H.rel_err(lam_max, ref_max)
+                        errs = [e for e in (e_min, e_max) if not math.isnan(e)]
+                        ok = max(errs) <= BAR_TOL[dtype] and base / ms >= 10
+                        table.add(
+                            d=d,
+                            dtype=str(dtype).removeprefix("torch."),
+                            spectrum=kind,
+                            kappa=kappa if not math.isnan(kappa) else "MP",
+                            method=name,
+                            ms=ms,
+                            eigvalsh_ms=base,
+                            speedup=base / ms,
+                            err_min=e_min,
+                            err_max=e_max,
+                            bar="met" if ok else "-",
+                        )
+    table.save(args.name)
+
+
+if __name__ == "__main__":
+    main()
