@@ -39,6 +39,37 @@ inline void check_k(int64_t k, const char* op) {
   TORCH_CHECK_VALUE(k > 0, "condnum.", op, ": k must be positive, got ", k);
 }
 
+// A vector argument (warm start, eigenvector) of shape (d,) matching S's dtype and device.
+inline void check_vector_for(const at::Tensor& v, const at::Tensor& S, const char* op,
+                             const char* arg) {
+  TORCH_CHECK_VALUE(v.dim() == 1 && v.size(0) == S.size(0), "condnum.", op, ": ", arg,
+                    " must have shape (", S.size(0), ",), got ", v.sizes());
+  check_same(v, S, op, arg, "S");
+}
+
+// The eigen-solvers' budget and accuracy arguments.
+inline void check_budget(int64_t num_iters, double tol, const char* op) {
+  TORCH_CHECK_VALUE(num_iters >= 1, "condnum.", op, ": num_iters must be >= 1, got ", num_iters);
+  TORCH_CHECK_VALUE(tol > 0 && tol < 1, "condnum.", op, ": tol must be in (0, 1), got ", tol);
+}
+
+inline void check_rtol(double rtol, const char* op) {
+  TORCH_CHECK_VALUE(rtol >= 0 && rtol < 1, "condnum.", op, ": rtol must be in [0, 1), got ",
+                    rtol);
+}
+
+// The regularizers' operands: S (d, d), a 0-dim eigenvalue and its (d,) eigenvector.
+inline void check_spectral_operands(const at::Tensor& S, const at::Tensor& lam,
+                                    const at::Tensor& u, int64_t k, const char* op,
+                                    const char* lam_arg, const char* u_arg) {
+  check_square(S, op, "S");
+  check_k(k, op);
+  TORCH_CHECK_VALUE(lam.dim() == 0, "condnum.", op, ": ", lam_arg, " must be 0-dim, got shape ",
+                    lam.sizes());
+  check_vector_for(u, S, op, u_arg);
+  check_same(S, lam, op, "S", lam_arg);
+}
+
 // Symmetric matrices are accepted up to rounding: |S_ij - S_ji| <= sqrt(eps) * max|S|.
 template <typename scalar_t>
 constexpr double symmetry_rtol() {

@@ -74,9 +74,7 @@ at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S,
                         const char* arg) {
   if (!v.has_value()) return {};
   const auto& t = *v;
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == S.size(0), "condnum.", op, ": ", arg,
-                    " must have shape (", S.size(0), ",), got ", t.sizes());
-  check_same(t, S, op, arg, "S");
+  check_vector_for(t, S, op, arg);
   const double n = t.norm().item<double>();
   TORCH_CHECK_VALUE(std::isfinite(n) && n > 0, "condnum.", op, ": ", arg,
                     " must be finite and nonzero, got norm ", n);
@@ -107,11 +105,6 @@ double eps_of(at::ScalarType t) {
 double relative(double bound, double value) {
   if (bound == 0) return 0.0;
   return value != 0 ? bound / std::abs(value) : std::numeric_limits<double>::infinity();
-}
-
-void check_budget(int64_t num_iters, double tol, const char* op) {
-  TORCH_CHECK_VALUE(num_iters >= 1, "condnum.", op, ": num_iters must be >= 1, got ", num_iters);
-  TORCH_CHECK_VALUE(tol > 0 && tol < 1, "condnum.", op, ": tol must be in (0, 1), got ", tol);
 }
 
 // Estimated cost of the shift-and-invert solve (a float64 Cholesky plus ~40 pairs of
@@ -452,8 +445,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
     const std::optional<at::Tensor>& v0_min, const std::optional<at::Tensor>& v0_max) {
   check_square(S, "extreme_eigh", "S");
   check_budget(num_iters, tol, "extreme_eigh");
-  TORCH_CHECK_VALUE(rtol >= 0 && rtol < 1, "condnum.extreme_eigh: rtol must be in [0, 1), got ",
-                    rtol);
+  check_rtol(rtol, "extreme_eigh");
   const auto a = unit_or_none(v0_max, S, "extreme_eigh", "v0_max");
   const auto b = unit_or_none(v0_min, S, "extreme_eigh", "v0_min");
   const auto W = symmetrized(S, "extreme_eigh", "S", S.scalar_type());

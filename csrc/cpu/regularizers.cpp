@@ -25,18 +25,6 @@ at::Tensor scalar_like(double value, const at::Tensor& S) {
   return at::scalar_tensor(value, S.options().dtype(at::kDouble)).to(S.scalar_type());
 }
 
-void check_inputs(const at::Tensor& S, const at::Tensor& lam, const at::Tensor& u, int64_t k,
-                  const char* op, const char* lam_arg, const char* u_arg) {
-  check_square(S, op, "S");
-  check_k(k, op);
-  TORCH_CHECK_VALUE(lam.dim() == 0, "condnum.", op, ": ", lam_arg, " must be 0-dim, got shape ",
-                    lam.sizes());
-  TORCH_CHECK_VALUE(u.dim() == 1 && u.size(0) == S.size(0), "condnum.", op, ": ", u_arg,
-                    " must have shape (", S.size(0), ",), got ", u.sizes());
-  check_same(S, lam, op, "S", lam_arg);
-  check_same(S, u, op, "S", u_arg);
-}
-
 // out = c_uu u u^T + c_s S
 at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double c_uu,
                                 double c_s) {
@@ -61,21 +49,21 @@ at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double
 
 at::Tensor r_well_cpu(const at::Tensor& S, const at::Tensor& lam_max, const at::Tensor& u_max,
                       int64_t k) {
-  check_inputs(S, lam_max, u_max, k, "r_well", "lam_max", "u_max");
+  check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max");
   const double lam = lam_max.item<double>();
   return scalar_like(0.5 * lam * lam - squared_norm(S) / (2.0 * k), S);
 }
 
 at::Tensor r_well_backward_cpu(const at::Tensor& grad, const at::Tensor& S,
                                const at::Tensor& lam_max, const at::Tensor& u_max, int64_t k) {
-  check_inputs(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
+  check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
   const double g = grad.item<double>();
   return rank_one_plus_scaled(S, u_max, g * lam_max.item<double>(), -g / k);
 }
 
 at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::Tensor& u_min,
                      int64_t k) {
-  check_inputs(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min");
+  check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min");
   const double lam = lam_min.item<double>();
   const double half_mean_sq = squared_norm(S) / (2.0 * k);
   const double D = half_mean_sq - 0.5 * lam * lam;
@@ -91,7 +79,7 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
 
 at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,
                               const at::Tensor& lam_min, const at::Tensor& u_min, int64_t k) {
-  check_inputs(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
+  check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
   const double rv = r.item<double>();
   const double g = grad.item<double>() * rv * rv;
   return rank_one_plus_scaled(S, u_min, g * lam_min.item<double>(), -g / k);

@@ -88,11 +88,6 @@ at::Tensor covariance_cuda(const at::Tensor& theta, const at::Tensor& K) {
 
 // ----------------------------------------------------------------------------- eigenpairs
 
-void check_budget(int64_t num_iters, double tol, const char* op) {
-  TORCH_CHECK_VALUE(num_iters >= 1, "condnum.", op, ": num_iters must be >= 1, got ", num_iters);
-  TORCH_CHECK_VALUE(tol > 0 && tol < 1, "condnum.", op, ": tol must be in (0, 1), got ", tol);
-}
-
 void check_steps(int64_t num_iters, int64_t d, const char* op) {
   TORCH_CHECK_VALUE(std::min(num_iters, d) <= kc::kMaxLanczosSteps, "condnum.", op,
                     ": min(num_iters, d) = ", std::min(num_iters, d),
@@ -106,9 +101,7 @@ at::Tensor warm_start(const std::optional<at::Tensor>& v, const at::Tensor& S, c
                       const char* arg) {
   if (!v.has_value()) return {};
   const auto& t = *v;
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == S.size(0), "condnum.", op, ": ", arg,
-                    " must have shape (", S.size(0), ",), got ", t.sizes());
-  check_same(t, S, op, arg, "S");
+  check_vector_for(t, S, op, arg);
   return t.contiguous();
 }
 
@@ -119,8 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
     const std::optional<at::Tensor>& v0_min, const std::optional<at::Tensor>& v0_max) {
   check_square(S, "extreme_eigh", "S");
   check_budget(num_iters, tol, "extreme_eigh");
-  TORCH_CHECK_VALUE(rtol >= 0 && rtol < 1, "condnum.extreme_eigh: rtol must be in [0, 1), got ",
-                    rtol);
+  check_rtol(rtol, "extreme_eigh");
   const auto a = warm_start(v0_max, S, "extreme_eigh", "v0_max");
   const auto b = warm_start(v0_min, S, "extreme_eigh", "v0_min");
   const int64_t d = S.size(0);
@@ -195,18 +187,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> top_eigh_cuda(const at::Tensor& S
 
 // ----------------------------------------------------------------------------- regularizers
 
-void check_inputs(const at::Tensor& S, const at::Tensor& lam, const at::Tensor& u, int64_t k,
-                  const char* op, const char* lam_arg, const char* u_arg) {
-  check_square(S, op, "S");
-  check_k(k, op);
-  TORCH_CHECK_VALUE(lam.dim() == 0, "condnum.", op, ": ", lam_arg, " must be 0-dim, got shape ",
-                    lam.sizes());
-  TORCH_CHECK_VALUE(u.dim() == 1 && u.size(0) == S.size(0), "condnum.", op, ": ", u_arg,
-                    " must have shape (", S.size(0), ",), got ", u.sizes());
-  check_same(S, lam, op, "S", lam_arg);
-  check_same(S, u, op, "S", u_arg);
-}
-
 // A scalar operand (grad, r) as a 1-element tensor on S's device in S's dtype.
 at::Tensor scalar_like(const at::Tensor& t, const at::Tensor& S, const char* op, const char* arg) {
   TORCH_CHECK_VALUE(t.numel() == 1, "condnum.", op, ": ", arg, " must have one element, got shape ",
@@ -218,7 +198,7 @@ template <bool kIll>
 at::Tensor regularizer_cuda(const at::Tensor& S, const at::Tensor& lam, const at::Tensor& u,
                             int64_t k) {
   const char* op = kIll ? "r_ill" : "r_well";
-  check_inputs(S, lam, u, k, op, kIll ? "lam_min" : "lam_max", kIll ? "u_min" : "u_max");
+  check_spectral_operands(S, lam, u, k, op, kIll ? "lam_min" : "lam_max", kIll ? "u_min" : "u_max");
   const c10::cuda::CUDAGuard guard(S.device());
   const auto Sc = S.contiguous();
   const auto lc = lam.contiguous();
@@ -235,7 +215,7 @@ at::Tensor regularizer_cuda(const at::Tensor& S, const at::Tensor& lam, const at
 
 at::Tensor r_ill_backward_cuda(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,
                                const at::Tensor& lam_min, const at::Tensor& u_min, int64_t k) {
-  check_inputs(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
+  check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
   const c10::cuda::CUDAGuard guard(S.device());
   const auto Sc = S.contiguous();
   const auto g = scalar_like(grad, Sc, "_r_ill_backward", "grad");
@@ -253,7 +233,7 @@ at::Tensor r_ill_backward_cuda(const at::Tensor& grad, const at::Tensor& S, cons
 
 at::Tensor r_well_backward_cuda(const at::Tensor& grad, const at::Tensor& S,
                                 const at::Tensor& lam_max, const at::Tensor& u_max, int64_t k) {
-  check_inputs(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
+  check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
   const c10::cuda::CUDAGuard guard(S.device());
   const auto Sc = S.contiguous();
   const auto g = scalar_like(grad, Sc, "_r_well_backward", "grad");
