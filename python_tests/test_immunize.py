@@ -183,8 +183,8 @@ def test_auto_balance_matches_gradient_norms():
     g_task = torch.autograd.grad(task, Z_P, retain_graph=True)[0].norm()
     g_well = torch.autograd.grad(loss.r_well(Z_P), Z_P)[0].norm()
     g_ill = torch.autograd.grad(loss.r_ill(Z_H), Z_H)[0].norm()
-    assert loss.last["lam_p"] * g_well == pytest.approx(2.0 * g_task, rel=1e-6)
-    assert loss.last["lam_h"] * g_ill == pytest.approx(3.0 * g_task, rel=1e-6)
+    assert float(loss.last["lam_p"] * g_well) == pytest.approx(2.0 * g_task.item(), rel=1e-6)
+    assert float(loss.last["lam_h"] * g_ill) == pytest.approx(3.0 * g_task.item(), rel=1e-6)
 
 
 def test_authors_mode_is_affine_and_seeded(tasks):
