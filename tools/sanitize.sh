@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the C++ kernels with AddressSanitizer + UndefinedBehaviorSanitizer
+# (CMake option CONDNUM_SANITIZE) into a throwaway venv and runs the op-level tests
+# under it. A separate venv is needed: an editable install's import hook would
+# otherwise shadow the sanitized module.
+#
+# Usage: bash tools/sanitize.sh [pytest args]     (default: the op-level test files)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${CONDNUM_SANITIZE_VENV:-/tmp/condnum-sanitize-venv}"
+
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q torch==2.13.0 "scikit-build-core>=0.10" ninja "cmake>=3.26" \
+    numpy pytest hypothesis
+"$venv/bin/pip" install -q --no-build-isolation --no-deps \
+    -C cmake.define.CONDNUM_SANITIZE=address,undefined -C cmake.build-type=RelWithDebInfo \
+    -C build-dir="$root/build/sanitize" "$root"
+
+# The sanitizer runtimes must come first; leaks are not checked (CPython keeps its
+# allocations alive by design); any UBSan report aborts the run.
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+cd "$root/python_tests"  # not the repository root: import the installed, sanitized package
+if [ $# -eq 0 ]; then
+  set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py
+fi
+"$venv/bin/pytest" -q -p no:cacheprovider "$@"
