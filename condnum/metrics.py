@@ -35,6 +35,8 @@ from typing import Literal
 
 import torch
 
+from condnum.functional import condition_number
+
 __all__ = [
     "DEFAULT_RTOL",
     "PAPER_JITTER",
@@ -102,15 +104,6 @@ def _check_symmetric(S: torch.Tensor) -> torch.Tensor:
     return (S + S.T) / 2
 
 
-def _condnum_backend() -> Callable[..., torch.Tensor] | None:
-    """``condnum.functional.condition_number`` when the compiled library is importable."""
-    try:
-        from condnum.functional import condition_number
-    except (ImportError, OSError):  # not built, or the extension fails to load
-        return None
-    return condition_number
-
-
 def kappa(
     S: torch.Tensor,
     rule: Rule = "relative",
@@ -129,8 +122,7 @@ def kappa(
         rtol: for ``"relative"``; default :data:`DEFAULT_RTOL`.
         backend: for ``"relative"``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``),
             ``"condnum"`` (``condnum.functional.condition_number``, the library's Lanczos
-            kernels) or ``"auto"`` (the latter when importable). ``"paper"`` always uses
-            eigvalsh, as the authors did.
+            kernels; also ``"auto"``). ``"paper"`` always uses eigvalsh, as the authors did.
 
     Raises:
         ValueError: not square/symmetric, NaN/Inf, empty, no positive eigenvalue, unknown
@@ -156,11 +148,8 @@ def kappa(
         if float(S[0, 0]) <= 0:
             raise ValueError("S has no positive eigenvalue")
         return 1.0
-    fn = _condnum_backend() if backend in ("auto", "condnum") else None
-    if backend == "condnum" and fn is None:
-        raise ValueError("backend='condnum' needs the compiled condnum library")
-    if fn is not None:
-        return float(fn(S, rtol=rtol))
+    if backend in ("auto", "condnum"):
+        return float(condition_number(S, rtol=rtol))
     ev = torch.linalg.eigvalsh(S)
     if not ev[-1] > 0:
         raise ValueError("S has no positive eigenvalue (is S zero?)")
