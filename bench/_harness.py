@@ -89,6 +89,23 @@ def dtypes(args: argparse.Namespace) -> list[torch.dtype]:
     return [getattr(torch, n) for n in names]
 
 
+def add_sample_sizes(p: argparse.ArgumentParser) -> None:
+    """``--N``: feature-batch sizes for the benchmarks that start from features Z."""
+    p.add_argument(
+        "--N",
+        type=int,
+        nargs="*",
+        default=None,
+        help="numbers of samples; 0 means 2d (default: 2d and 4096)",
+    )
+
+
+def sample_sizes(args: argparse.Namespace, d: int) -> list[int]:
+    """The N values to run at dimension d (``--N``; 0 stands for 2d)."""
+    Ns = args.N if args.N is not None else ([0] if args.quick else [0, 4096])
+    return sorted({n or 2 * d for n in Ns})
+
+
 # --------------------------------------------------------------------------- environment
 
 

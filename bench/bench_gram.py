@@ -18,17 +18,10 @@ from condnum import functional as F
 
 def main() -> None:
     p = H.parser(__doc__.split("\n")[0])
-    p.add_argument(
-        "--N",
-        type=int,
-        nargs="*",
-        default=None,
-        help="numbers of samples; 0 means 2d (default: 2d and 4096)",
-    )
+    H.add_sample_sizes(p)
     args = p.parse_args()
     device = H.setup(args)
     ds = args.d or ([256] if args.quick else [256, 768, 1024, 2048])
-    Ns = args.N if args.N is not None else ([0] if args.quick else [0, 4096])
     mrt = args.min_run_time or (0.05 if args.quick else 0.3)
     table = H.Table(
         args.name or "bench_gram",
@@ -49,7 +42,7 @@ def main() -> None:
         time_column="gram_ms",
     )
     for d in ds:
-        for N in sorted({n or 2 * d for n in Ns}):
+        for N in H.sample_sizes(args, d):
             for dtype in H.dtypes(args):
                 Z = H.features("wishart", N, d, dtype=dtype, device=device)
                 ref = (Z.double().T @ Z.double()).cpu()

@@ -48,13 +48,7 @@ def fwd_bwd(loss_fn, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 def main() -> None:
     p = H.parser(__doc__.split("\n")[0])
-    p.add_argument(
-        "--N",
-        type=int,
-        nargs="*",
-        default=None,
-        help="numbers of samples; 0 means 2d (default: 2d and 4096)",
-    )
+    H.add_sample_sizes(p)
     p.add_argument(
         "--spectrum",
         default="geometric:1e4",
@@ -64,7 +58,6 @@ def main() -> None:
     args = p.parse_args()
     device = H.setup(args)
     ds = args.d or ([256] if args.quick else [256, 768, 1024, 2048])
-    Ns = args.N if args.N is not None else ([0] if args.quick else [0, 4096])
     kind, kappa = args.spectrum.split(":")[0], float(args.spectrum.split(":")[1])
     mrt = args.min_run_time or (0.05 if args.quick else 0.3)
     env = H.environment(device)
@@ -78,7 +71,7 @@ def main() -> None:
         time_column="ms",
     )
     for d in ds:
-        for N in sorted({n or 2 * d for n in Ns}):
+        for N in H.sample_sizes(args, d):
             for dtype in H.dtypes(args):
                 Z = H.features(kind, N, d, kappa, dtype, device)
                 M = torch.eye(d, dtype=torch.float64) + 1e-3 * torch.randn(
