@@ -1,5 +1,7 @@
 #include "cpu/lanczos.h"
 
+#include "tridiagonal_lu.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -311,32 +313,9 @@ void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
     tnorm = std::max(tnorm, std::abs(T.alpha[i]) + (i + 1 < m ? std::abs(T.beta[i]) : 0.0) +
                                 (i > 0 ? std::abs(T.beta[i - 1]) : 0.0));
     if (i + 1 < m) dl[i] = du[i] = T.beta[i];
-    du2[i] = 0;
-    piv[i] = 0;
   }
-  const double tiny = std::max(kEps * tnorm, std::numeric_limits<double>::min());
-  for (int64_t i = 0; i + 1 < m; ++i) {
-    if (std::abs(dd[i]) >= std::abs(dl[i])) {
-      if (dd[i] == 0) dd[i] = tiny;
-      const double f = dl[i] / dd[i];
-      dl[i] = f;
-      dd[i + 1] -= f * du[i];
-    } else {
-      const double f = dd[i] / dl[i];
-      dd[i] = dl[i];
-      dl[i] = f;
-      const double t = du[i];
-      du[i] = dd[i + 1];
-      dd[i + 1] = t - f * dd[i + 1];
-      if (i + 2 < m) {
-        du2[i] = du[i + 1];
-        du[i + 1] = -f * du[i + 1];
-      }
-      piv[i] = 1;
-    }
-  }
-  for (int64_t i = 0; i < m; ++i)
-    if (std::abs(dd[i]) < tiny) dd[i] = dd[i] < 0 ? -tiny : tiny;
+  tridiagonal_lu(m, dd, dl, du, du2, piv,
+                 std::max(kEps * tnorm, std::numeric_limits<double>::min()));
   // Start: a fixed pseudo-random vector (never orthogonal to the eigenvector in practice);
   // two solves make the eigenvector dominate by (gap / |theta error|)^2.
   uint64_t state = 0x2545F4914F6CDD1DULL;
@@ -345,19 +324,7 @@ void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
     s[i] = 0.5 + static_cast<double>(state >> 11) * (1.0 / 9007199254740992.0);
   }
   for (int it = 0; it < 2; ++it) {
-    for (int64_t i = 0; i + 1 < m; ++i) {
-      if (piv[i] == 0) {
-        s[i + 1] -= dl[i] * s[i];
-      } else {
-        const double t = s[i];
-        s[i] = s[i + 1];
-        s[i + 1] = t - dl[i] * s[i];
-      }
-    }
-    s[m - 1] /= dd[m - 1];
-    s[m - 2] = (s[m - 2] - du[m - 2] * s[m - 1]) / dd[m - 2];
-    for (int64_t i = m - 3; i >= 0; --i)
-      s[i] = (s[i] - du[i] * s[i + 1] - du2[i] * s[i + 2]) / dd[i];
+    tridiagonal_lu_solve(m, dd, dl, du, du2, piv, s);
     double nrm = 0, big = 0;
     for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(s[i]));
     for (int64_t i = 0; i < m; ++i) {

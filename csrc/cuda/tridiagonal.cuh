@@ -29,6 +29,7 @@
 #pragma once
 
 #include "cuda/common.cuh"
+#include "tridiagonal_lu.h"
 
 namespace condnum::cuda {
 
@@ -221,47 +222,12 @@ __device__ inline void inverse_iteration(const Tri& T, double theta, double* s, 
   for (int i = 0; i < m; ++i) {
     dd[i] = fma(sc, T.a[i], -th);
     if (i + 1 < m) dl[i] = du[i] = sc * T.b[i];
-    du2[i] = 0.0;
-    piv[i] = 0.0;
   }
-  const double tiny = 4.0 * Eps<double>::value;  // s T has norm ~1
-  for (int i = 0; i + 1 < m; ++i) {
-    if (fabs(dd[i]) >= fabs(dl[i])) {
-      if (dd[i] == 0.0) dd[i] = tiny;
-      const double f = dl[i] / dd[i];
-      dl[i] = f;
-      dd[i + 1] -= f * du[i];
-    } else {
-      const double f = dd[i] / dl[i];
-      dd[i] = dl[i];
-      dl[i] = f;
-      const double t = du[i];
-      du[i] = dd[i + 1];
-      dd[i + 1] = t - f * dd[i + 1];
-      if (i + 2 < m) {
-        du2[i] = du[i + 1];
-        du[i + 1] = -f * du[i + 1];
-      }
-      piv[i] = 1.0;
-    }
-  }
-  for (int i = 0; i < m; ++i)
-    if (fabs(dd[i]) < tiny) dd[i] = dd[i] < 0.0 ? -tiny : tiny;
+  tridiagonal_lu(m, dd, dl, du, du2, piv, 4.0 * Eps<double>::value);  // s T has norm ~1
   for (int i = 0; i < m; ++i)
     s[i] = 0.5 + 0.5 * fabs(splitmix_unit(static_cast<uint64_t>(i) + 7919));
   for (int it = 0; it < 3; ++it) {
-    for (int i = 0; i + 1 < m; ++i) {
-      if (piv[i] == 0.0) {
-        s[i + 1] -= dl[i] * s[i];
-      } else {
-        const double t = s[i];
-        s[i] = s[i + 1];
-        s[i + 1] = t - dl[i] * s[i];
-      }
-    }
-    s[m - 1] /= dd[m - 1];
-    s[m - 2] = (s[m - 2] - du[m - 2] * s[m - 1]) / dd[m - 2];
-    for (int i = m - 3; i >= 0; --i) s[i] = (s[i] - du[i] * s[i + 1] - du2[i] * s[i + 2]) / dd[i];
+    tridiagonal_lu_solve(m, dd, dl, du, du2, piv, s);
     double big = 0.0;
     for (int i = 0; i < m; ++i) big = fmax(big, fabs(s[i]));
     if (!(big > 0.0) || !isfinite(big)) big = 1.0;
