@@ -52,6 +52,10 @@ class _SpectralRegularizer(nn.Module):
         name = type(self).__name__
         if Z.dim() != 2:
             raise ValueError(f"condnum.{name}: expected a 2-D input, got shape {list(Z.shape)}")
+        if Z.numel() == 0:  # before Z.mT below: the message shows the shape as passed
+            raise ValueError(
+                f"condnum.{name}: expected a non-empty input, got shape {list(Z.shape)}"
+            )
         if self.input == "gram":
             return Z, F._resolve_k(Z, self.k, name)
         n, d = Z.shape
@@ -66,7 +70,7 @@ class _SpectralRegularizer(nn.Module):
 
     def _remember(self, name: str, u: torch.Tensor) -> None:
         buf = getattr(self, name)
-        if buf.shape == u.shape and buf.dtype == u.dtype:
+        if buf.shape == u.shape and buf.dtype == u.dtype and buf.device == u.device:
             buf.copy_(u)
         else:
             setattr(self, name, u.detach().clone())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 #: Requested relative accuracy of extreme eigenvalues (condnum.functional.DEFAULT_TOL),
 #: times a slack for the error-bound estimate and the input's rounding.
@@ -21,6 +22,43 @@ TORCH_BASELINE_MULTIPLE = 4.0
 VALUE_RTOL = {torch.float32: 2e-3, torch.float64: 1e-6}
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: ``--hardening-long`` multiplies the fuzz tests' hypothesis examples by this (issue 6).
+LONG_EXAMPLES_FACTOR = 10
+_hardening_long = False  # set from the command line by pytest_configure
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hardening-long",
+        action="store_true",
+        default=False,
+        help="long hardening runs: 10x the fuzz examples and larger d in test_fuzz.py, "
+        "10 000 forward+backward steps in test_hardening.py's memory test",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _hardening_long
+    _hardening_long = bool(config.getoption("--hardening-long"))
+
+
+def is_hardening_long() -> bool:
+    """Whether pytest runs with ``--hardening-long`` (read at test-module import time)."""
+    return _hardening_long
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """Hypothesis settings for a fuzz test: ``max_examples`` examples, LONG_EXAMPLES_FACTOR
+    times as many with ``--hardening-long``; no deadline (the machine is shared)."""
+    factor = LONG_EXAMPLES_FACTOR if _hardening_long else 1
+    return settings(max_examples=max_examples * factor, deadline=None)
+
+
+@pytest.fixture(scope="session")
+def hardening_long(request: pytest.FixtureRequest) -> bool:
+    """True with ``--hardening-long``."""
+    return bool(request.config.getoption("--hardening-long"))
 
 
 def spd_from_spectrum(eigenvalues: torch.Tensor, seed: int, dtype: torch.dtype) -> torch.Tensor:

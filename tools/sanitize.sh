@@ -23,6 +23,6 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 cd "$root/python_tests"  # not the repository root: import the installed, sanitized package
 if [ $# -eq 0 ]; then
-  set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py
+  set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py test_fuzz.py
 fi
 "$venv/bin/pytest" -q -p no:cacheprovider "$@"

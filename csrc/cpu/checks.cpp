@@ -205,17 +205,19 @@ void symmetrize(const scalar_t* s, int64_t d, int64_t ld, work_t* w) {
 // When S is exactly symmetric, already in work_dtype and row- or column-contiguous, the
 // result is S itself (as a contiguous view; S^T = S): no copy is made. Otherwise one
 // tiled pass checks and a second writes W = (S + S^T) / 2.
-at::Tensor symmetrized(const at::Tensor& S, const char* op, const char* arg,
-                       at::ScalarType work_dtype) {
+Symmetrized symmetrized(const at::Tensor& S, const char* op, const char* arg,
+                        at::ScalarType work_dtype) {
   check_square(S, op, arg);
   // A row-major view of S (S^T when S is column-major; the checks are symmetric in i, j).
   at::Tensor R = S.stride(1) == 1 ? S : S.stride(0) == 1 ? S.t() : S.contiguous();
   const int64_t d = R.size(0), ld = R.stride(0);
   at::Tensor W;
+  double max_abs = 0;
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "symmetrized", [&] {
     const double rtol = symmetry_rtol<scalar_t>();
     const scalar_t* s = R.const_data_ptr<scalar_t>();
     const Measure m = measure<scalar_t>(s, d, ld);
+    max_abs = m.max_abs;
     TORCH_CHECK_VALUE(m.finite, "condnum.", op, ": ", arg, " contains NaN or Inf");
     TORCH_CHECK_VALUE(m.max_asym <= rtol * m.max_abs, "condnum.", op, ": ", arg,
                       " must be symmetric, got max|S - S^T| = ", m.max_asym, " > ", rtol,
@@ -231,11 +233,77 @@ at::Tensor symmetrized(const at::Tensor& S, const char* op, const char* arg,
       symmetrize<scalar_t, float>(s, d, ld, W.mutable_data_ptr<float>());
     }
   });
-  return W;
+  return {W, max_abs};
 }
 
-double squared_norm(const at::Tensor& S) {
-  return at::linalg_vector_norm(S, 2, std::nullopt, false, at::kDouble).square().item<double>();
+double range_scale(double max_abs, at::ScalarType dtype) {
+  // float32 Lanczos squares entries of S v in float32; float64 keeps wide margins for the
+  // float64 shift-and-invert (whose operator norm is ~1 / (d eps lam_max)).
+  const int limit = dtype == at::kFloat ? 40 : 256;
+  if (max_abs == 0 || !std::isfinite(max_abs)) return 1.0;
+  int e = 0;
+  std::frexp(max_abs, &e);  // max_abs = f * 2^e, f in [0.5, 1)
+  return e > limit || e < -limit ? std::ldexp(1.0, e) : 1.0;
+}
+
+namespace {
+
+// sum_j (s_j * inv)^2 over one row, in float64 with 8 interleaved partial sums (fixed order).
+template <typename scalar_t>
+double row_sum_squares(const scalar_t* s, int64_t n, double inv) {
+  double acc[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int t = 0; t < 8; ++t) {
+      const double x = static_cast<double>(s[j + t]) * inv;
+      acc[t] += x * x;
+    }
+  for (; j < n; ++j) {
+    const double x = static_cast<double>(s[j]) * inv;
+    acc[j % 8] += x * x;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename scalar_t>
+double max_abs_of(const scalar_t* s, int64_t numel) {
+  double m = 0;
+  for (int64_t i = 0; i < numel; ++i) m = std::max(m, std::abs(static_cast<double>(s[i])));
+  return m;
+}
+
+}  // namespace
+
+SquaredNorm squared_norm(const at::Tensor& S) {
+  const auto Sc = S.contiguous();  // index order whatever the layout
+  const int64_t rows = Sc.size(0), cols = Sc.size(1);
+  SquaredNorm out;
+  AT_DISPATCH_FLOATING_TYPES(Sc.scalar_type(), "squared_norm", [&] {
+    const scalar_t* s = Sc.const_data_ptr<scalar_t>();
+    std::vector<double> per_row(rows);
+    auto sum_rows = [&](double inv) {
+      at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          per_row[i] = row_sum_squares(s + i * cols, cols, inv);
+      });
+      double total = 0;
+      for (double r : per_row) total += r;
+      return total;
+    };
+    out.sum = sum_rows(1.0);
+    // A sum that overflowed, or squares lost to underflow: redo it scaled by a power of 2.
+    if (!std::isfinite(out.sum) || out.sum < 0x1p-900) {
+      const double m = max_abs_of(s, Sc.numel());
+      out.finite = std::isfinite(m) && !std::isnan(out.sum);
+      if (out.finite && m > 0) {
+        int e = 0;
+        std::frexp(m, &e);
+        out.scale = std::ldexp(1.0, e);
+        out.sum = sum_rows(std::ldexp(1.0, -e));
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace condnum

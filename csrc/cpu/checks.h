@@ -76,13 +76,29 @@ constexpr double symmetry_rtol() {
   return std::is_same_v<scalar_t, float> ? 3.5e-4 : 1.5e-8;
 }
 
-// Checks S (d x d, float32/float64) is finite and symmetric, and returns (S + S^T) / 2
-// in `work_dtype`: S itself (no copy) when it is already exactly symmetric in that dtype,
-// else a contiguous symmetrised copy. Callers only read the result.
-at::Tensor symmetrized(const at::Tensor& S, const char* op, const char* arg,
-                       at::ScalarType work_dtype);
+struct Symmetrized {
+  at::Tensor W;        // (S + S^T) / 2
+  double max_abs = 0;  // max |S_ij|
+};
 
-// ||S||_F^2 accumulated in float64 (S finite, any float dtype).
-double squared_norm(const at::Tensor& S);
+// Checks S (d x d, float32/float64) is finite and symmetric, and returns W = (S + S^T) / 2
+// in `work_dtype`: S itself (no copy) when it is already exactly symmetric in that dtype,
+// else a contiguous symmetrised copy. Callers only read W.
+Symmetrized symmetrized(const at::Tensor& S, const char* op, const char* arg,
+                        at::ScalarType work_dtype);
+
+// A power of two p such that max|S / p| is in [0.5, 1) when max_abs lies outside the range in
+// which the solvers' float arithmetic on S (squared norms of S v in S's dtype) can neither
+// overflow nor underflow; 1 inside it. Scaling by p is exact.
+double range_scale(double max_abs, at::ScalarType dtype);
+
+// ||S||_F^2 = scale^2 * sum, accumulated in float64 row by row in index order, so the
+// result is the same bit for bit for any memory layout of S. scale is a power of two, 1
+// unless float64 squares of S's entries would overflow or underflow.
+struct SquaredNorm {
+  double scale = 1, sum = 0;
+  bool finite = true;  // false when S contains NaN or Inf
+};
+SquaredNorm squared_norm(const at::Tensor& S);
 
 }  // namespace condnum

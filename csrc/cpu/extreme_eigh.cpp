@@ -37,6 +37,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "cpu/checks.h"
@@ -121,7 +122,8 @@ double shift_invert_cost(int64_t d, at::ScalarType dtype) {
 // ---------------------------------------------------------------- step 1: Lanczos on S
 
 struct Plain {
-  double lam_max = 0, lam_bottom = 0;
+  double lam_max = 0, lam_bottom = 0;  // lam_bottom: the smallest Ritz value above the threshold
+  double lowest = 0;                   // the smallest Ritz value
   double err_max = 0, err_bottom = 0;  // relative error bounds
   at::Tensor u_max, u_bottom;          // dtype of S
   bool bottom_converged = false;
@@ -146,7 +148,7 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   Ritz top, bottom;
   top.s.reserve(lz.max_steps());
   bottom.s.reserve(lz.max_steps());
-  int64_t top_step = 0;
+  int64_t top_step = 0, bottom_index = 0;
   std::vector<double> log_rel(lz.max_steps() + 1, 0.0);  // log(bound / theta_0) by step
   while (lz.step()) {
     const int64_t m = lz.size();
@@ -159,15 +161,20 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
       top_step = m;
       if (!want_bottom) break;
     }
-    // The bottom end, from the same Krylov space. Plain Lanczos cannot deliver it when it
-    // lies below the threshold or S is too ill-conditioned for S's dtype (rounding in S v
-    // moves Ritz values by ~eps ||S||, even when the Krylov space is invariant): then
+    // The bottom end, from the same Krylov space: the smallest Ritz value above the
+    // threshold (those below it approximate the null space of a rank-deficient S). Plain
+    // Lanczos cannot deliver it when S is too ill-conditioned for S's dtype (rounding in
+    // S v moves Ritz values by ~eps ||S||, even when the Krylov space is invariant): then
     // shift-and-invert takes over.
-    lz.ritz(0, bottom);
     const double lam_top = top.value;
+    const int64_t ib = rtol > 0 ? lz.count_below(rtol * lam_top) : 0;
+    if (ib >= m) break;
+    lz.ritz(ib, bottom);
+    const bool same_target = ib == bottom_index;
+    bottom_index = ib;
     if (bottom.value <= rtol * lam_top || lam_top * eps * kRoundingSlack > tol * bottom.value)
       break;
-    if (lz.invariant() || bottom_ok(bottom.bound <= tol * bottom.value, m)) {
+    if (lz.invariant() || bottom_ok(bottom.bound <= tol * bottom.value && same_target, m)) {
       bottom_converged = true;
       break;
     }
@@ -188,8 +195,12 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   }
   // The final top pair is at least as close to lam_max (interlacing) but may have a larger
   // residual than the one accepted earlier (a new Ritz value from a cluster): keep the
-  // pair with the smaller bound.
-  if (Ritz last = lz.ritz(lz.size() - 1); !top_done || last.bound <= top.bound) top = last;
+  // pair with the smaller bound, unless the top Ritz value has since risen past the accepted
+  // one's bound: then that one had settled on a lower eigenvalue (a start vector nearly
+  // orthogonal to the top eigenvector) and the final pair replaces it.
+  if (Ritz last = lz.ritz(lz.size() - 1);
+      !top_done || last.bound <= top.bound || last.value - top.value > top.bound)
+    top = last;
   Plain out;
   out.steps = lz.size();
   out.lam_max = top.value;
@@ -201,7 +212,8 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
                     ": S must be positive semi-definite, but it has an eigenvalue ", lowest,
                     " < 0 (lam_max = ", top.value, ")");
   if (want_bottom) {
-    bottom = lz.ritz(0);
+    bottom = lz.ritz(std::min(bottom_index, lz.size() - 1));
+    out.lowest = lowest;
     out.lam_bottom = bottom.value;
     out.err_bottom = relative(bottom.bound, bottom.value);
     out.bottom_converged = bottom_converged;
@@ -226,8 +238,19 @@ struct Bottom {
   bool converged;
   bool crowded;  // many Ritz values just below the threshold: the target is interior
   int64_t steps;
-  bool interior = false;  // some Ritz values map below the threshold
+  bool interior = false;       // some Ritz values map below the threshold
+  bool floor_limited = false;  // rounding (rounding_floor) alone exceeds tol
 };
+
+// Float64 rounding in the Krylov basis perturbs every Ritz value of an operator by about eps
+// times its largest Ritz magnitude, even once the space is invariant: an absolute floor under
+// the residual bound. It matters when eigenvalues below the threshold (a null space) map far
+// above the wanted one.
+constexpr double kFloorSlack = 16.0;
+double rounding_floor(const Lanczos<double>& lz) {
+  return kFloorSlack * std::numeric_limits<double>::epsilon() *
+         std::max(std::abs(lz.value(0)), std::abs(lz.value(lz.size() - 1)));
+}
 
 // Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}; the wanted Ritz value is the largest one
 // whose lam = 1/theta - tau is above the threshold.
@@ -239,10 +262,8 @@ at::Tensor shifted64(const at::Tensor& W, double shift) {
 }
 
 Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
-                       int64_t num_iters, const at::Tensor& start) {
+                       int64_t num_iters, const at::Tensor& start, double tau) {
   const int64_t d = W.size(0);
-  const double eps64 = std::numeric_limits<double>::epsilon();
-  double tau = std::max(rtol, 8.0 * d * eps64) * lam_max;
   at::Tensor U;  // (d, d) row-major; its upper triangle holds U, S + tau I = U^T U
   for (int attempt = 0;; ++attempt, tau *= 10) {
     auto A = shifted64(W, tau);
@@ -267,6 +288,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   }
   const double threshold = rtol * lam_max;
   const double mu_threshold = 1.0 / (threshold + tau);
+  const bool detect_crowding = tau <= 8 * threshold;
   const double* u = U.const_data_ptr<double>();
   Lanczos<double> lz(
       d, num_iters,
@@ -279,7 +301,8 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   auto wanted = [&]() -> int64_t { return lz.count_below(mu_threshold) - 1; };
   // |d lam| = |d theta| / theta^2
   auto error = [&](const Ritz& r) {
-    return lz.invariant() ? 0.0 : r.bound / (r.value * r.value) / (1.0 / r.value - tau);
+    const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
+    return bound / (r.value * r.value) / (1.0 / r.value - tau);
   };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
@@ -295,14 +318,18 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
     lz.ritz(i, r);
     const bool same = m - 1 - i == last_above;
     last_above = m - 1 - i;
-    if (lz.invariant() || ok(accurate(r) && same, m)) {
+    // An invariant space ends the run, converged only if rounding allows (rounding_floor).
+    if ((lz.invariant() && accurate(r)) || ok(accurate(r) && same, m)) {
       converged = true;
       break;
     }
+    if (lz.invariant()) break;
     // Ritz values above mu_threshold are eigenvalues below the threshold; when several
     // map close below it, the wanted one is deep inside the Krylov spectrum: give up
-    // early for the LDL^T route.
-    if (m >= 16 && m - 1 - i >= 4 && lz.value(i + 1) < 4.0 * mu_threshold / 3.0) {
+    // early for the LDL^T route. (Not for a wide shift, tau >> threshold, which maps a
+    // null space just above mu_threshold by design.)
+    if (detect_crowding && m >= 16 && m - 1 - i >= 4 &&
+        lz.value(i + 1) < 4.0 * mu_threshold / 3.0) {
       crowded = true;
       break;
     }
@@ -316,6 +343,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   out.u = lz.ritz_vector(r, at::kDouble);
   out.err = error(r);
   out.converged = converged || accurate(r);
+  out.floor_limited = rounding_floor(lz) / (r.value * r.value) / out.lam > tol;
   return out;
 }
 
@@ -360,7 +388,8 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   Lanczos<double> lz(d, num_iters, apply, start.options());
   lz.start(start);
   auto error = [&](const Ritz& r) {
-    return lz.invariant() ? 0.0 : r.bound / (r.value * r.value) / (sigma + 1.0 / r.value);
+    const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
+    return bound / (r.value * r.value) / (sigma + 1.0 / r.value);
   };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
@@ -371,7 +400,7 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
     const int64_t m = lz.size();
     if (m < kFirstCheck && lz.can_step()) continue;
     lz.ritz(m - 1, r);
-    if (lz.invariant() || ok(r.value > 0 && accurate(r), m)) {
+    if (r.value > 0 && accurate(r) && (lz.invariant() || ok(true, m))) {
       converged = true;
       break;
     }
@@ -387,9 +416,11 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
 }
 
 // The bottom of the numerical range by shift-and-invert. theta0: plain Lanczos' bottom Ritz
-// value (an upper bound on the smallest eigenvalue).
+// value (an upper bound on the smallest eigenvalue); theta_range: its smallest Ritz value
+// above the threshold (an estimate of the wanted eigenvalue).
 Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
-                           int64_t num_iters, const at::Tensor& start, double theta0) {
+                           int64_t num_iters, const at::Tensor& start, double theta0,
+                           double theta_range) {
   const auto start64 = start.to(at::kDouble);
   const int64_t d = W.size(0);
   const double threshold = rtol * lam_max;
@@ -408,7 +439,21 @@ Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, dou
     tried_ldl = true;
   }
   if (!out.converged) {
-    auto chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64);
+    const double tau = std::max(rtol, 8.0 * d * std::numeric_limits<double>::epsilon()) * lam_max;
+    auto chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau);
+    // A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at that
+    // scale can swamp it: shift by ~lam / 4 instead (lam from this solve, else plain
+    // Lanczos' estimate), which maps the null space within a factor 5 of the wanted value
+    // (one more factorisation).
+    if (chol.floor_limited || std::isnan(chol.lam)) {
+      const double guess = chol.lam > 4 * tau ? chol.lam : theta_range;
+      if (guess > 4 * tau) {
+        auto wide = cholesky_bottom(W, lam_max, rtol, tol, num_iters,
+                                    chol.u.defined() ? chol.u : start64, 0.25 * guess);
+        if (!std::isnan(wide.lam) && (std::isnan(chol.lam) || wide.converged || wide.err < chol.err))
+          chol = wide;
+      }
+    }
     if (!tried_ldl && (chol.crowded || (!chol.converged && chol.interior && rtol > 0))) {
       auto alt = ldl_bottom(W, lam_max, rtol, tol, num_iters, chol.u.defined() ? chol.u : start64);
       if (!std::isnan(alt.lam) && (alt.converged || !chol.converged)) chol = alt;
@@ -416,12 +461,20 @@ Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, dou
     if (std::isnan(out.lam) || chol.converged || chol.err < out.err) out = chol;
   }
   TORCH_CHECK_VALUE(!std::isnan(out.lam), "condnum.extreme_eigh: found no eigenvalue above ",
-                    "rtol * lam_max = ", threshold, " in ", out.steps,
-                    " shift-and-invert Lanczos steps; S is numerically zero or rtol is too large");
+                    "rtol * lam_max (rtol = ", rtol, ") in ", out.steps,
+                    " shift-and-invert Lanczos steps: S is numerically zero, rtol is too large, ",
+                    "or num_iters = ", num_iters, " is too small");
   return out;
 }
 
 // ---------------------------------------------------------------- ops
+
+// (W, scale) with S = scale * W: W is the symmetrised S, divided by a power of two when S's
+// magnitude would make the solvers' squared norms overflow or underflow (exact).
+std::pair<at::Tensor, double> in_range(const Symmetrized& s) {
+  const double scale = range_scale(s.max_abs, s.W.scalar_type());
+  return {scale == 1.0 ? s.W : s.W / scale, scale};
+}
 
 at::Tensor err_tensor(double err, const at::Tensor& S) {
   return at::scalar_tensor(err, S.options().dtype(at::kDouble));
@@ -433,10 +486,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> top_eigh_cpu(const at::Tensor& S,
   check_square(S, "top_eigh", "S");
   check_budget(num_iters, tol, "top_eigh");
   const auto a = unit_or_none(v0, S, "top_eigh", "v0");
-  const auto W = symmetrized(S, "top_eigh", "S", S.scalar_type());
+  const auto [W, scale] = in_range(symmetrized(S, "top_eigh", "S", S.scalar_type()));
   const auto random = pseudo_random_unit(W.size(0), W.options());
   const auto p = plain(W, start_vector(a, {}, random), num_iters, tol, 0.0, false, "top_eigh");
-  return {at::scalar_tensor(p.lam_max, S.options()), with_sign_convention(p.u_max),
+  return {at::scalar_tensor(p.lam_max * scale, S.options()), with_sign_convention(p.u_max),
           err_tensor(p.err_max, S)};
 }
 
@@ -448,12 +501,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
   check_rtol(rtol, "extreme_eigh");
   const auto a = unit_or_none(v0_max, S, "extreme_eigh", "v0_max");
   const auto b = unit_or_none(v0_min, S, "extreme_eigh", "v0_min");
-  const auto W = symmetrized(S, "extreme_eigh", "S", S.scalar_type());
+  const auto [W, scale] = in_range(symmetrized(S, "extreme_eigh", "S", S.scalar_type()));
   const auto random = pseudo_random_unit(W.size(0), W.options());
 
   // 1. Both ends from one Krylov space of S.
   const auto p = plain(W, start_vector(a, b, random), num_iters, tol, rtol, true, "extreme_eigh");
-  const double lam_max = p.lam_max;
+  const double lam_max = p.lam_max;  // of W = S / scale
   auto u_max = with_sign_convention(p.u_max);
   const auto opts = S.options();
   if (lam_max <= 0) {  // S == 0: every unit vector is an eigenvector of eigenvalue 0
@@ -472,12 +525,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
     // Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors: a few
     // steps fewer than a random start).
     const auto start = b.defined() ? start_vector(b, {}, random) : p.u_bottom + random * 0.1;
-    auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, p.lam_bottom);
+    auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, p.lowest,
+                                 p.lam_bottom);
     lam_min = r.lam;
     u_min = r.u.to(S.scalar_type());
     err_min = r.err;
   }
-  return {at::scalar_tensor(lam_min, opts), at::scalar_tensor(lam_max, opts),
+  return {at::scalar_tensor(lam_min * scale, opts), at::scalar_tensor(lam_max * scale, opts),
           with_sign_convention(u_min), u_max, err_tensor(std::max(err_min, p.err_max), S)};
 }
 

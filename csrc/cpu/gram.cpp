@@ -49,9 +49,8 @@ at::Tensor symmetric_atb(const at::Tensor& A, const at::Tensor& B) {
 
 at::Tensor gram_cpu(const at::Tensor& Z) {
   check_matrix(Z, "gram", "Z", /*allow_half=*/true);
-  const auto Zf = Z.is_floating_point() && at::elementSize(Z.scalar_type()) < 4
-                      ? Z.to(at::kFloat)
-                      : Z;
+  // Contiguous, so that BLAS (and the last bits of S) do not depend on Z's layout.
+  const auto Zf = (at::elementSize(Z.scalar_type()) < 4 ? Z.to(at::kFloat) : Z).contiguous();
   return symmetric_atb(Zf, Zf);
 }
 
@@ -61,8 +60,9 @@ at::Tensor covariance_cpu(const at::Tensor& theta, const at::Tensor& K) {
   check_same(theta, K, "covariance", "theta", "K");
   TORCH_CHECK_VALUE(K.size(0) == theta.size(0), "condnum.covariance: K must be (D, D) for theta ",
                     "of shape (D, d), got K ", K.sizes(), " and theta ", theta.sizes());
-  const auto Ks = symmetrized(K, "covariance", "K", K.scalar_type());
-  return symmetric_atb(theta, at::mm(Ks, theta));
+  const auto Ks = symmetrized(K, "covariance", "K", K.scalar_type()).W;
+  const auto t = theta.contiguous();
+  return symmetric_atb(t, at::mm(Ks, t));
 }
 
 }  // namespace

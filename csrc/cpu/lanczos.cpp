@@ -350,6 +350,7 @@ Lanczos<scalar_t>::Lanczos(int64_t d, int64_t max_steps, Operator apply,
   h_.resize(steps_ + 1);
   alpha_.reserve(steps_);
   beta_.reserve(steps_);
+  work_.reserve(5 * steps_);  // tridiagonal_eigenvector's workspace: no allocation per step
 }
 
 template <typename scalar_t>

@@ -5,8 +5,9 @@
 //                                                      dR_ill/dS = R_ill^2 (lam_min u u^T - S / k)
 // lam and u come from extreme_eigh and are treated as functions of S (first-order
 // perturbation: d lam = u^T dS u), so no eigendecomposition is differentiated.
-// S: (d, d), lam: (), u: (d,). Forward: one pass over S; backward: one fused pass
-// writing c_uu u u^T + c_s S.
+// S: (d, d), lam: (), u: (d,). Forward: one pass over S (||S||_F^2 in float64, scaled when
+// its squares would leave float64's range); backward: one fused pass writing
+// a (b u u^T + c S) in float64 per entry.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -25,9 +26,10 @@ at::Tensor scalar_like(double value, const at::Tensor& S) {
   return at::scalar_tensor(value, S.options().dtype(at::kDouble)).to(S.scalar_type());
 }
 
-// out = c_uu u u^T + c_s S
-at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double c_uu,
-                                double c_s) {
+// out = a (b u u^T + c S), evaluated in float64 per entry and rounded once to S's dtype, so
+// a large a (R_ill^2 for a tiny S) times a small S stays representable.
+at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double a, double b,
+                                double c) {
   const auto Sc = S.contiguous();
   const auto uc = u.contiguous();
   auto out = at::empty_like(Sc);
@@ -36,53 +38,67 @@ at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double
     const scalar_t* s = Sc.const_data_ptr<scalar_t>();
     const scalar_t* v = uc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const auto a = static_cast<scalar_t>(c_uu), c = static_cast<scalar_t>(c_s);
     at::parallel_for(0, d, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const scalar_t ai = a * v[i];
-        for (int64_t j = 0; j < d; ++j) o[i * d + j] = ai * v[j] + c * s[i * d + j];
+        const double bi = b * static_cast<double>(v[i]);
+        for (int64_t j = 0; j < d; ++j)
+          o[i * d + j] = static_cast<scalar_t>(
+              a * (bi * static_cast<double>(v[j]) + c * static_cast<double>(s[i * d + j])));
       }
     });
   });
   return out;
 }
 
+// ||S||_F^2 as scale^2 * sum, refusing NaN/Inf.
+SquaredNorm checked_squared_norm(const at::Tensor& S, const char* op) {
+  const auto n = squared_norm(S);
+  TORCH_CHECK_VALUE(n.finite, "condnum.", op, ": S contains NaN or Inf");
+  return n;
+}
+
+// Values are formed in units of scale^2 (see SquaredNorm) and scaled back last, so they
+// overflow to +inf (or underflow to 0) only when the true value does.
 at::Tensor r_well_cpu(const at::Tensor& S, const at::Tensor& lam_max, const at::Tensor& u_max,
                       int64_t k) {
   check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max");
-  const double lam = lam_max.item<double>();
-  return scalar_like(0.5 * lam * lam - squared_norm(S) / (2.0 * k), S);
+  const auto n = checked_squared_norm(S, "r_well");
+  const double lam = lam_max.item<double>() / n.scale;
+  return scalar_like((0.5 * lam * lam - n.sum / (2.0 * k)) * n.scale * n.scale, S);
 }
 
 at::Tensor r_well_backward_cpu(const at::Tensor& grad, const at::Tensor& S,
                                const at::Tensor& lam_max, const at::Tensor& u_max, int64_t k) {
   check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
-  const double g = grad.item<double>();
-  return rank_one_plus_scaled(S, u_max, g * lam_max.item<double>(), -g / k);
+  return rank_one_plus_scaled(S, u_max, grad.item<double>(), lam_max.item<double>(), -1.0 / k);
 }
 
 at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::Tensor& u_min,
                      int64_t k) {
   check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min");
-  const double lam = lam_min.item<double>();
-  const double half_mean_sq = squared_norm(S) / (2.0 * k);
-  const double D = half_mean_sq - 0.5 * lam * lam;
+  const auto n = checked_squared_norm(S, "r_ill");
+  const double lam = lam_min.item<double>() / n.scale;
+  const double half_mean_sq = n.sum / (2.0 * k);
+  const double D = half_mean_sq - 0.5 * lam * lam;  // D(S) / scale^2
   // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1); allow for rounding.
   const double eps = S.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
                                                    : std::numeric_limits<double>::epsilon();
   TORCH_CHECK_VALUE(D > 64 * eps * half_mean_sq, "condnum.r_ill: R_ill(S) = 1/D is +inf: D(S) = ",
-                    "||S||_F^2/(2k) - lam_min^2/2 = ", D, " is zero to working precision, i.e. ",
-                    "all k = ", k, " eigenvalues equal lam_min = ", lam,
+                    "||S||_F^2/(2k) - lam_min^2/2 = ", D * n.scale * n.scale,
+                    " is zero to working precision, i.e. all k = ", k,
+                    " eigenvalues equal lam_min = ", lam_min.item<double>(),
                     " (kappa = 1), or k exceeds the number of eigenvalues");
-  return scalar_like(1.0 / D, S);
+  return scalar_like(1.0 / D / n.scale / n.scale, S);
 }
 
+// dR_ill/dS = grad R (R lam u u^T - (R / k) S): R^2 alone may overflow where the gradient
+// does not.
 at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,
                               const at::Tensor& lam_min, const at::Tensor& u_min, int64_t k) {
   check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
   const double rv = r.item<double>();
-  const double g = grad.item<double>() * rv * rv;
-  return rank_one_plus_scaled(S, u_min, g * lam_min.item<double>(), -g / k);
+  return rank_one_plus_scaled(S, u_min, grad.item<double>() * rv, rv * lam_min.item<double>(),
+                              -rv / k);
 }
 
 }  // namespace
