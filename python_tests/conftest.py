@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 #: Requested relative accuracy of extreme eigenvalues (condnum.functional.DEFAULT_TOL),
 #: times a slack for the error-bound estimate and the input's rounding.
@@ -38,9 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+#: Derandomized hypothesis: every run draws the same examples, so the suite's verdict does
+#: not depend on the run (hypothesis' own CI profile does the same).
+settings.register_profile(
+    "condnum",
+    derandomize=True,
+    database=None,
+    deadline=None,  # the machine may be shared
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _hardening_long
     _hardening_long = bool(config.getoption("--hardening-long"))
+    settings.load_profile("condnum")
 
 
 def is_hardening_long() -> bool:
