@@ -69,9 +69,9 @@ def fuzz_settings(max_examples: int) -> settings:
 
 
 @pytest.fixture(scope="session")
-def hardening_long(request: pytest.FixtureRequest) -> bool:
+def hardening_long() -> bool:
     """True with ``--hardening-long``."""
-    return bool(request.config.getoption("--hardening-long"))
+    return _hardening_long
 
 
 def spd_from_spectrum(eigenvalues: torch.Tensor, seed: int, dtype: torch.dtype) -> torch.Tensor:

@@ -236,30 +236,41 @@ Symmetrized symmetrized(const at::Tensor& S, const char* op, const char* arg,
   return {W, max_abs};
 }
 
+namespace {
+
+// 2^e with max_abs = f * 2^e, f in [0.5, 1): dividing by it is exact and brings max_abs to [0.5, 1).
+double power_of_two_above(double max_abs, int* exponent) {
+  std::frexp(max_abs, exponent);
+  return std::ldexp(1.0, *exponent);
+}
+
+}  // namespace
+
 double range_scale(double max_abs, at::ScalarType dtype) {
   // float32 Lanczos squares entries of S v in float32; float64 keeps wide margins for the
   // float64 shift-and-invert (whose operator norm is ~1 / (d eps lam_max)).
   const int limit = dtype == at::kFloat ? 40 : 256;
   if (max_abs == 0 || !std::isfinite(max_abs)) return 1.0;
   int e = 0;
-  std::frexp(max_abs, &e);  // max_abs = f * 2^e, f in [0.5, 1)
-  return e > limit || e < -limit ? std::ldexp(1.0, e) : 1.0;
+  const double p = power_of_two_above(max_abs, &e);
+  return e > limit || e < -limit ? p : 1.0;
 }
 
 namespace {
 
-// sum_j (s_j * inv)^2 over one row, in float64 with 8 interleaved partial sums (fixed order).
+// sum_j (s_j * a * b)^2 over one row, in float64 with 8 interleaved partial sums (fixed
+// order). The scaling is split in two factors: 2^-e alone overflows for a denormal max|S|.
 template <typename scalar_t>
-double row_sum_squares(const scalar_t* s, int64_t n, double inv) {
+double row_sum_squares(const scalar_t* s, int64_t n, double a, double b) {
   double acc[8] = {};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
     for (int t = 0; t < 8; ++t) {
-      const double x = static_cast<double>(s[j + t]) * inv;
+      const double x = static_cast<double>(s[j + t]) * a * b;
       acc[t] += x * x;
     }
   for (; j < n; ++j) {
-    const double x = static_cast<double>(s[j]) * inv;
+    const double x = static_cast<double>(s[j]) * a * b;
     acc[j % 8] += x * x;
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -281,25 +292,24 @@ SquaredNorm squared_norm(const at::Tensor& S) {
   AT_DISPATCH_FLOATING_TYPES(Sc.scalar_type(), "squared_norm", [&] {
     const scalar_t* s = Sc.const_data_ptr<scalar_t>();
     std::vector<double> per_row(rows);
-    auto sum_rows = [&](double inv) {
+    auto sum_rows = [&](double a, double b) {
       at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
-          per_row[i] = row_sum_squares(s + i * cols, cols, inv);
+          per_row[i] = row_sum_squares(s + i * cols, cols, a, b);
       });
       double total = 0;
       for (double r : per_row) total += r;
       return total;
     };
-    out.sum = sum_rows(1.0);
+    out.sum = sum_rows(1.0, 1.0);
     // A sum that overflowed, or squares lost to underflow: redo it scaled by a power of 2.
     if (!std::isfinite(out.sum) || out.sum < 0x1p-900) {
       const double m = max_abs_of(s, Sc.numel());
       out.finite = std::isfinite(m) && !std::isnan(out.sum);
       if (out.finite && m > 0) {
         int e = 0;
-        std::frexp(m, &e);
-        out.scale = std::ldexp(1.0, e);
-        out.sum = sum_rows(std::ldexp(1.0, -e));
+        out.scale = power_of_two_above(m, &e);
+        out.sum = sum_rows(std::ldexp(1.0, -e / 2), std::ldexp(1.0, -(e - e / 2)));
       }
     }
   });
