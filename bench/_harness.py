@@ -62,7 +62,12 @@ def parser(description: str) -> argparse.ArgumentParser:
         default="median",
         help="statistic of the timed blocks (min resists noise from other jobs)",
     )
-    p.add_argument("--name", default=None, help="results file stem (default: script name)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="results file: a stem saved under bench/results/ (default: the script name), "
+        "or a path ending in .json",
+    )
     p.add_argument(
         "--compare",
         type=Path,
@@ -337,12 +342,18 @@ class Table:
         print("| " + " | ".join(_fmt(row.get(c, "")) for c in self.columns) + " |", flush=True)
 
     def save(self, stem: str | None = None) -> Path:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{stem or self.name}.json"
+        """Writes the table to `stem` if it is a .json path, else to bench/results/<stem>.json."""
+        stem = stem or self.name
+        path = Path(stem) if stem.endswith(".json") else RESULTS / f"{stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             json.dumps(
                 {"name": self.name, "env": self.env, "rows": self.rows}, indent=1, default=str
             )
         )
-        print(f"# saved {path.relative_to(ROOT)}", flush=True)
+        shown = path.resolve()
+        print(
+            f"# saved {shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown}",
+            flush=True,
+        )
         return path

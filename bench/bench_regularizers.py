@@ -10,14 +10,21 @@ Each method computes L = R_ill(Z^T Z) + R_well(Z^T Z) and dL/dZ for features Z (
 `speedup` is reference time / method time in the same run; value_err and grad_err are
 relative errors of L and of dL/dZ against the float64 reference.
 
+--parts adds a second table with the parts of `ours` timed alone: the Gram (SYRK), the
+backward's one GEMM 2 Z G, extreme_eigh and top_eigh (cold), and what they imply:
+floor_speedup = reference / (gram + gemm), the best ratio reachable with a free eigen-solve,
+and budget_3x_ms = reference / 3 - gram - gemm, the time a 3x bar leaves for everything else.
+
     python bench/bench_regularizers.py --quick
     python bench/bench_regularizers.py --d 768 --N 4096 --name reg_768
+    python bench/bench_regularizers.py --d 768 --N 4096 --methods reference --parts
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import _harness as H
 import torch
@@ -46,6 +53,26 @@ def fwd_bwd(loss_fn, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
     return loss.item(), Z.grad
 
 
+def time_parts(Z: torch.Tensor, mrt: float, reference_ms: float) -> dict[str, Any]:
+    """The parts of `ours` timed alone (cold solves), and the floor they set (module doc)."""
+    S = F.gram(Z)
+    G = S.clone()  # a dense symmetric d x d, like dL/dS
+    gram_ms = H.timeit(lambda: F.gram(Z), mrt)
+    gemm_ms = H.timeit(lambda: Z @ G, mrt)
+    return {
+        "N": Z.shape[0],
+        "d": Z.shape[1],
+        "dtype": str(Z.dtype).removeprefix("torch."),
+        "gram_ms": gram_ms,
+        "gemm_ms": gemm_ms,
+        "extreme_eigh_ms": H.timeit(lambda: F.extreme_eigh(S), mrt),
+        "top_eigh_ms": H.timeit(lambda: F.top_eigh(S), mrt),
+        "reference_ms": reference_ms,
+        "floor_speedup": reference_ms / (gram_ms + gemm_ms),
+        "budget_3x_ms": reference_ms / 3 - gram_ms - gemm_ms,
+    }
+
+
 def main() -> None:
     p = H.parser(__doc__.split("\n")[0])
     H.add_sample_sizes(p)
@@ -55,6 +82,7 @@ def main() -> None:
         help="spectrum of Z^T Z as kind:kappa (wishart: Gaussian Z)",
     )
     p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
+    p.add_argument("--parts", action="store_true", help="also time the parts of `ours` alone")
     args = p.parse_args()
     device = H.setup(args)
     ds = args.d or ([256] if args.quick else [256, 768, 1024, 2048])
@@ -70,6 +98,7 @@ def main() -> None:
         compare=args.compare,
         time_column="ms",
     )
+    part_rows = []
     for d in ds:
         for N in H.sample_sizes(args, d):
             for dtype in H.dtypes(args):
@@ -113,7 +142,15 @@ def main() -> None:
                                 (grad.double().cpu() - ref_grad).norm() / ref_grad.norm()
                             ).item(),
                         )
+                    if args.parts:
+                        part_rows.append(time_parts(Z, mrt, ref_ms))
     table.save(args.name)
+    if args.parts:
+        parts = H.Table(table.name + "_parts", list(part_rows[0]), env, key=["N", "d", "dtype"])
+        for row in part_rows:
+            parts.add(**row)
+        stem = args.name or table.name
+        parts.save(stem[:-5] + "_parts.json" if stem.endswith(".json") else stem + "_parts")
 
 
 if __name__ == "__main__":

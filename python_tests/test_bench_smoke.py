@@ -1,0 +1,63 @@
+"""Smoke runs of the benchmark scripts (bench/): each runs its --quick cases with a tiny
+timing budget, must exit 0, and must save a JSON whose rows carry the columns the README
+quotes. Timings are not checked (performance is measured, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# script, extra arguments, columns every row must have
+SCRIPTS = [
+    (
+        "bench_eigh.py",
+        ["--methods", "ours", "ours_top", "eigvalsh", "--spectra", "geometric:1e4"],
+        ["d", "dtype", "method", "ms", "speedup", "err_min", "err_max"],
+    ),
+    ("bench_gram.py", ["--dtype", "float32"], ["N", "d", "gram_ms", "matmul_ms", "speedup"]),
+    (
+        "bench_regularizers.py",
+        ["--dtype", "float64", "--methods", "ours", "reference", "--parts"],
+        ["N", "d", "method", "ms", "speedup", "value_err", "grad_err"],
+    ),
+    ("bench_vit_scale.py", [], ["d", "N", "block_ms", "ours_ms", "ours_frac", "reference_ms"]),
+]
+
+
+def run(script: str, args: list[str], out: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / script), "--quick", "--min-run-time", "0.01"]
+    cmd += ["--device", "cpu", "--name", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"# saved {out}" in proc.stdout
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize(("script", "args", "columns"), SCRIPTS, ids=[s[0] for s in SCRIPTS])
+def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
+    data = run(script, args, tmp_path / "result.json")
+    assert data["env"]["device"] == "cpu" and data["env"]["cpu_count"] >= 1
+    assert data["rows"], "no rows saved"
+    for row in data["rows"]:
+        for c in columns:
+            assert c in row, (c, row)
+        if "speedup" in row:
+            assert row["speedup"] > 0
+
+
+def test_regularizer_parts_table(tmp_path):
+    """--parts saves a second table next to the first: the floor and 3x-budget columns
+    are derived from the timings in the same rows."""
+    run("bench_regularizers.py", ["--dtype", "float32", "--parts"], tmp_path / "reg.json")
+    parts = json.loads((tmp_path / "reg_parts.json").read_text())["rows"]
+    assert parts
+    for row in parts:
+        gg = row["gram_ms"] + row["gemm_ms"]
+        assert row["floor_speedup"] == pytest.approx(row["reference_ms"] / gg)
+        assert row["budget_3x_ms"] == pytest.approx(row["reference_ms"] / 3 - gg)
