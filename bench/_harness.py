@@ -341,10 +341,14 @@ class Table:
         self.rows.append(row)
         print("| " + " | ".join(_fmt(row.get(c, "")) for c in self.columns) + " |", flush=True)
 
-    def save(self, stem: str | None = None) -> Path:
-        """Writes the table to `stem` if it is a .json path, else to bench/results/<stem>.json."""
+    def save(self, stem: str | None = None, suffix: str = "") -> Path:
+        """Writes the table to `stem` + `suffix` + .json: `stem` is a path ending in .json, or a
+        stem under bench/results/ (default: the table's name)."""
         stem = stem or self.name
-        path = Path(stem) if stem.endswith(".json") else RESULTS / f"{stem}.json"
+        if stem.endswith(".json"):
+            path = Path(stem.removesuffix(".json") + suffix + ".json")
+        else:
+            path = RESULTS / f"{stem}{suffix}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             json.dumps(
