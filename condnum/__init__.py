@@ -20,7 +20,7 @@ from condnum import (  # noqa: E402
     functional,
     reference,
 )
-from condnum.modules import RIll, RWell  # noqa: E402
+from condnum.modules import NumericalRangeWarning, RIll, RWell, default_kappa_target  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -30,4 +30,12 @@ def built_with_cuda() -> bool:
     return bool(torch.ops.condnum._built_with_cuda())
 
 
-__all__ = ["RIll", "RWell", "built_with_cuda", "functional", "reference"]
+__all__ = [
+    "NumericalRangeWarning",
+    "RIll",
+    "RWell",
+    "built_with_cuda",
+    "default_kappa_target",
+    "functional",
+    "reference",
+]

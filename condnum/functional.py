@@ -9,15 +9,19 @@ probe on features ``Z``.
     R_ill(S)  = 1 / D(S),   D(S) = ||S||_F^2 / (2k) - 1/2 sigma_min(S)^2    (> 0)
     kappa(S)  = sigma_max(S) / sigma_min(S)
 
-``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
+For kappa, ``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
 ``rtol * sigma_max``, ``rtol = d * eps(S.dtype)`` by default (torch.linalg.matrix_rank's
-rule). Gradients are analytic (``dR_well/dS = sigma_max v v^T - S/k``, ``dR_ill/dS =
+rule). ``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
+(:func:`floored_min`), which is continuous where eigenvalues leave the range.
+Gradients are analytic (``dR_well/dS = sigma_max v v^T - S/k``, ``dR_ill/dS =
 (sigma_min u u^T - S/k) / D^2``): no eigendecomposition is differentiated.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -32,10 +36,16 @@ __all__ = [
     "condition_number",
     "r_ill",
     "r_well",
+    "floored_min",
+    "FlooredMin",
+    "Edge",
     "default_rtol",
     "DEFAULT_NUM_ITERS",
     "DEFAULT_TOL",
 ]
+
+#: What ``sigma_min`` is at the edge of the numerical range (see :func:`r_ill`).
+Edge = Literal["floor", "range"]
 
 #: Lanczos budget per call (capped at d); each end stops earlier once converged.
 DEFAULT_NUM_ITERS = 128
@@ -155,22 +165,98 @@ def _resolve_k(S: torch.Tensor, k: int | None, op: str) -> int:
     return k
 
 
+class FlooredMin(NamedTuple):
+    """The bottom of the spectrum as ``R_ill`` uses it (see :func:`floored_min`)."""
+
+    lam: torch.Tensor  #: ``max(lam_1, rtol * lam_max)``, dtype of S
+    u: torch.Tensor  #: ``u_min`` in range; ``sqrt(rtol) u_max`` when saturated
+    lam_max: torch.Tensor
+    u_min: torch.Tensor  #: the solver's bottom eigenvector (warm start for the next call)
+    u_max: torch.Tensor
+    saturated: torch.Tensor  #: 0-dim bool: some eigenvalue lies at or below the floor
+
+
+def _below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Tensor:
+    """``lam_1(S) <= rtol * lam_max`` (0-dim bool), by a float64 Cholesky of ``S/lam_max - rtol I``.
+
+    The factorisation succeeds exactly when ``S - rtol lam_max I`` is positive definite, up
+    to float64 rounding (Sylvester's law of inertia); no value leaves the device.
+    """
+    scale = lam_max.double().clamp_min(torch.finfo(torch.float64).tiny)
+    eye = torch.eye(S.shape[0], dtype=torch.float64, device=S.device)
+    return torch.linalg.cholesky_ex(S.detach().double() / scale - rtol * eye).info != 0
+
+
+def floored_min(
+    S: torch.Tensor,
+    rtol: float | None = None,
+    *,
+    num_iters: int | None = None,
+    tol: float | None = None,
+    v0_min: torch.Tensor | None = None,
+    v0_max: torch.Tensor | None = None,
+) -> FlooredMin:
+    """The smallest eigenvalue floored at the numerical floor: ``max(lam_1, rtol * lam_max)``.
+
+    This is the ``sigma_min`` of ``R_ill(edge="floor")``. Where the whole spectrum is above
+    ``rtol * lam_max`` it is the paper's ``sigma_min``; once an eigenvalue sinks below the
+    floor (kappa beyond ``1/rtol``, what ``S``'s dtype resolves at the default ``rtol``;
+    exact zeros of a rank-deficient S; rounding-negative eigenvalues of a Gram) it is the
+    floor itself, so it is continuous in ``S`` and ``kappa = lam_max / lam`` saturates at
+    ``1/rtol``. Its derivative is ``u u^T`` with ``u = u_min`` in range and
+    ``u = sqrt(rtol) u_max`` at the floor (``d(rtol lam_max) = rtol u_max^T dS u_max``).
+    Cost: :func:`extreme_eigh` plus one float64 Cholesky (``d^3 / 3``) to test the floor.
+    """
+    S = _as_float(S).detach()
+    _check_square(S, "floored_min")
+    num_iters, tol = _budget(S, num_iters, tol)
+    rtol = default_rtol(S) if rtol is None else rtol
+    # The solve looks down to half the floor, so that an eigenvalue the Cholesky test puts
+    # (by rounding) just above the floor is the one returned.
+    lam_min, lam_max, u_min, u_max, err = ops.extreme_eigh(
+        S, num_iters, rtol / 2, tol, v0_min, v0_max
+    )
+    saturated = _below_floor(S, lam_max, rtol)
+    # lam_min is unused at the floor: its accuracy matters only in range
+    if not torch.compiler.is_compiling() and S.device.type == "cpu" and not bool(saturated):
+        _check_converged(err, tol, "extreme_eigh", num_iters)
+    floor = lam_max * rtol
+    lam = torch.where(saturated, floor, torch.maximum(lam_min, floor))
+    u = torch.where(saturated, u_max * math.sqrt(rtol), u_min)
+    return FlooredMin(lam, u, lam_max, u_min, u_max, saturated)
+
+
 def r_ill(
     S: torch.Tensor,
     k: int | None = None,
     rtol: float | None = None,
     *,
+    edge: Edge = "floor",
     num_iters: int | None = None,
     tol: float | None = None,
 ) -> torch.Tensor:
-    """``R_ill(S) = 1 / (||S||_F^2 / (2k) - 1/2 sigma_min(S)^2)``; ``k`` defaults to d.
+    """``R_ill(S) = 1 / D(S)``, ``D(S) = ||S||_F^2 / (2k) - sigma_min(S)^2 / 2``; ``k``: d.
 
     Minimising it drives sigma_min down relative to the rest of the spectrum (kappa
-    grows). Differentiable w.r.t. ``S``: ``(sigma_min u u^T - S/k) / D^2``. Raises
-    ``ValueError`` when ``D(S) = 0`` (kappa = 1, ``R_ill = +inf``).
+    grows). ``edge`` says what ``sigma_min`` is at the edge of the numerical range:
+
+    - ``"floor"`` (default): ``max(lam_1, rtol * lam_max)`` (:func:`floored_min`). Equal to
+      the paper's value while every eigenvalue is above ``rtol * lam_max``; continuous as
+      eigenvalues sink below it (kappa saturates at ``1/rtol``); ``D > 0`` for ``k <= d``.
+    - ``"range"``: the smallest eigenvalue above ``rtol * lam_max`` (the authors' code, with
+      a relative cut). It jumps when an eigenvalue leaves the range, and ``D`` can reach 0
+      when ``k`` exceeds the number of eigenvalues left in range.
+
+    ``D`` is floored at ``64 eps ||S||_F^2 / (2k)`` (``kappa = 1`` gives that finite, large
+    value, not ``+inf``). Differentiable w.r.t. ``S``: ``(sigma_min u u^T - S/k) / D^2``.
     """
     _check_square(S, "r_ill")
     k = _resolve_k(S, k, "r_ill")
+    if edge == "floor":
+        m = floored_min(S, rtol, num_iters=num_iters, tol=tol)
+        return ops.r_ill(S, m.lam, m.u, k)
+    if edge != "range":
+        raise ValueError(f"condnum.r_ill: edge must be 'floor' or 'range', got {edge!r}")
     lam_min, _, u_min, _ = extreme_eigh(S.detach(), rtol=rtol, num_iters=num_iters, tol=tol)
     return ops.r_ill(S, lam_min, u_min, k)
 

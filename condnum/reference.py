@@ -62,7 +62,20 @@ def r_well(S: torch.Tensor, k: int | None = None, rtol: float | None = None) -> 
     return 0.5 * lam_max**2 - S.square().sum() / (2 * _k(S, k))
 
 
-def r_ill(S: torch.Tensor, k: int | None = None, rtol: float | None = None) -> torch.Tensor:
-    """``R_ill(S) = 1 / (||S||_F^2 / (2k) - 1/2 sigma_min^2)``."""
-    lam_min, _ = extreme_eigvals(S, rtol)
-    return 1.0 / (S.square().sum() / (2 * _k(S, k)) - 0.5 * lam_min**2)
+def r_ill(
+    S: torch.Tensor, k: int | None = None, rtol: float | None = None, edge: str = "floor"
+) -> torch.Tensor:
+    """``R_ill(S) = 1 / max(||S||_F^2 / (2k) - 1/2 sigma_min^2, 64 eps ||S||_F^2 / (2k))``.
+
+    ``edge="floor"``: ``sigma_min = max(lam_1, rtol * sigma_max)``; ``"range"``: the
+    smallest eigenvalue above ``rtol * sigma_max`` (see ``condnum.functional.r_ill``).
+    """
+    if edge == "floor":
+        rtol = default_rtol(S) if rtol is None else rtol
+        ev = torch.linalg.eigvalsh(S)
+        lam_min = torch.maximum(ev[0], rtol * ev[-1])
+    else:
+        lam_min, _ = extreme_eigvals(S, rtol)
+    half_mean_sq = S.square().sum() / (2 * _k(S, k))
+    floor = 64 * torch.finfo(S.dtype).eps * half_mean_sq
+    return 1.0 / torch.maximum(half_mean_sq - 0.5 * lam_min**2, floor)

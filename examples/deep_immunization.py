@@ -161,21 +161,6 @@ def accuracy(net: Net, task: Split) -> float:
     return float((net(task.X_test).argmax(1) == class_ids(task.y_test)).double().mean())
 
 
-class TraceNormalized(nn.Module):
-    """``R(Z / ||Z||_F)``: a regularizer on the trace-normalised Gram ``S / tr(S)``.
-
-    ``kappa(S / tr S) = kappa(S)``, but the value and gradient no longer depend on the scale
-    of ``Z``: only the shape of the spectrum can move (module docstring).
-    """
-
-    def __init__(self, regularizer: nn.Module) -> None:
-        super().__init__()
-        self.regularizer = regularizer
-
-    def forward(self, Z: torch.Tensor) -> torch.Tensor:
-        return self.regularizer(Z / Z.norm())
-
-
 def balanced_lambdas(
     block: nn.Module,
     loss: ImmunizationLoss,
@@ -224,8 +209,7 @@ def immunize(
     net.eval()  # batch-norm statistics stay those of theta_0
     with torch.no_grad():
         H_P, H_H = net.trunk(primary.X_train), net.trunk(harmful.X_train)
-    loss = ImmunizationLoss(balance="fixed")
-    loss.r_well, loss.r_ill = TraceNormalized(loss.r_well), TraceNormalized(loss.r_ill)
+    loss = ImmunizationLoss(balance="fixed", normalize=True)
     if grad_p or grad_h:
         loss.lam_p, loss.lam_h = balanced_lambdas(
             net.block, loss, H_P, H_H, grad_p, grad_h, seed=seed

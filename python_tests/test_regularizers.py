@@ -57,13 +57,6 @@ def test_r_well_zero_iff_all_eigenvalues_equal():
     assert F.r_well(S2).item() > 1e-4
 
 
-def test_r_ill_at_kappa_one_says_infinite():
-    with pytest.raises(ValueError, match="R_ill\\(S\\) = 1/D is \\+inf.*kappa = 1"):
-        F.r_ill(3.0 * torch.eye(5))
-    with pytest.raises(ValueError, match="\\+inf"):
-        F.r_ill(torch.eye(1, dtype=torch.float64))  # d = 1
-
-
 @pytest.mark.parametrize("fn", [F.r_ill, F.r_well])
 def test_gradcheck_from_S(fn):
     S = _spd(7, 50.0, 0).requires_grad_()
@@ -79,13 +72,15 @@ def test_degenerate_extremes_give_finite_gradients():
     assert torch.isfinite(S.grad).all()
 
 
+@pytest.mark.filterwarnings("ignore:.*rank-deficient Gram")
 @pytest.mark.parametrize("module", [condnum.RIll, condnum.RWell])
 @pytest.mark.parametrize("shape", [(9, 5), (4, 7)])  # N >= d and N < d (N x N Gram)
 def test_modules_equal_functional_and_gradcheck_from_features(module, shape):
     Z = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     fn = F.r_ill if module is condnum.RIll else F.r_well
     rule = {"rtol": 1e-10} if module is condnum.RIll else {}
-    expected = fn(Z.T @ Z, **rule, **EXACT)
+    gram = Z.T @ Z if shape[0] >= shape[1] else Z @ Z.T  # N < d: the N nonzero eigenvalues
+    expected = fn(gram, **rule, **EXACT)
     m = module(**rule, **EXACT)
     torch.testing.assert_close(m(Z), expected, rtol=1e-9, atol=0)
     assert torch.autograd.gradcheck(m, (Z.clone().requires_grad_(),))

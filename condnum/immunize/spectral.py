@@ -62,7 +62,11 @@ class Spectral:
             import condnum
 
             self._well = condnum.RWell(k, input="gram", tol=LOOP_TOL)
-            self._ill = condnum.RIll(k, self.rtol, input="gram", tol=LOOP_TOL)
+            # The loops run their own kappa target and rank handling: the authors' range
+            # rule, never switched off by the module.
+            self._ill = condnum.RIll(
+                k, self.rtol, input="gram", tol=LOOP_TOL, edge="range", kappa_target=math.inf
+            )
             self._warm: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def covariance(self, theta: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,7 @@ class Spectral:
         with _quiet():
             if self.backend == "condnum":
                 return self._ill(S)
-            return reference.r_ill(S, self.k, self.rtol)
+            return reference.r_ill(S, self.k, self.rtol, edge="range")
 
     def _grad(self, which: str, S: torch.Tensor) -> tuple[float, torch.Tensor]:
         S = S.detach().requires_grad_(True)

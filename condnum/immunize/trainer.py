@@ -19,6 +19,7 @@ step and every learning rate is halved; the user is warned once at the end.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,12 +50,21 @@ class ImmunizationLoss(nn.Module):
             as in the paper; with ``"auto"`` the effective weight of each term is
             ``lam * ||grad_Z task|| / ||grad_Z R||`` (smoothed by an exponential moving
             average with factor ``momentum``), i.e. ``lam`` is the ratio of gradient norms.
-        k, rtol: passed to :class:`condnum.RWell` / :class:`condnum.RIll`.
+        k, rtol, kappa_target: passed to :class:`condnum.RWell` / :class:`condnum.RIll`
+            (``R_ill`` stops pushing once ``kappa(Z_H^T Z_H)`` reaches ``kappa_target``).
         balance: ``"auto"`` or ``"fixed"``.
+        normalize: apply both regularizers to the trace-normalised Grams ``m S / tr S``
+            (scale-free: their value and gradient do not depend on the scale of the
+            features, so balancing does not chase ``||grad R_ill|| ~ 1/||Z||^5``, and
+            ``R_ill`` cannot reward growing features). Default: ``True`` with
+            ``balance="auto"``, ``False`` (the paper's scale, which the published lambdas
+            assume) with ``"fixed"``.
 
     ``forward(task_loss, Z_P, Z_H)`` takes features of shape (N, ...) (flattened to
     (N, d)) that require grad, returns the scalar total, and keeps the parts of the last
-    call in ``self.last`` (floats: ``task``, ``r_well``, ``r_ill``, ``lam_p``, ``lam_h``).
+    call in ``self.last`` (floats: ``task``, ``r_well``, ``r_ill``, ``lam_p``, ``lam_h``, and
+    ``kappa_h``, the harmful Gram's kappa as ``R_ill`` saw it). While ``R_ill`` does not push
+    (target reached) its balancing weight is held, not decayed.
     """
 
     def __init__(
@@ -64,7 +74,9 @@ class ImmunizationLoss(nn.Module):
         *,
         k: int | None = None,
         rtol: float | None = None,
+        kappa_target: float | None = None,
         balance: Literal["auto", "fixed"] = "auto",
+        normalize: bool | None = None,
         momentum: float = 0.9,
     ) -> None:
         super().__init__()
@@ -75,8 +87,9 @@ class ImmunizationLoss(nn.Module):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.lam_p, self.lam_h, self.balance, self.momentum = lam_p, lam_h, balance, momentum
-        self.r_well = condnum.RWell(k)
-        self.r_ill = condnum.RIll(k, rtol)
+        normalize = balance == "auto" if normalize is None else normalize
+        self.r_well = condnum.RWell(k, normalize=normalize)
+        self.r_ill = condnum.RIll(k, rtol, kappa_target=kappa_target, normalize=normalize)
         self.register_buffer("scale", torch.zeros(2, dtype=torch.float64))  # EMA of the ratios
         self.last: dict[str, float] = {}
 
@@ -99,7 +112,7 @@ class ImmunizationLoss(nn.Module):
             lam_p, lam_h = lam_p * float(ratios[0]), lam_h * float(ratios[1])
         self.last = dict(
             task=float(task_loss.detach()), r_well=float(r_w.detach()), r_ill=float(r_i.detach()),
-            lam_p=lam_p, lam_h=lam_h,
+            lam_p=lam_p, lam_h=lam_h, kappa_h=float(self.r_ill.last.get("kappa", math.nan)),
         )  # fmt: skip
         return task_loss + lam_p * r_w + lam_h * r_i
 
@@ -110,10 +123,9 @@ class ImmunizationLoss(nn.Module):
             g_task = _grad_norm(task, Z_P) or 1.0  # no task on Z_P: balance to unit norm
             g = (_grad_norm(r_w, Z_P), _grad_norm(r_i, Z_H))
         new = torch.tensor([g_task / x if x > 0 else 0.0 for x in g], dtype=torch.float64)
-        fresh = self.scale == 0
-        self.scale.copy_(
-            torch.where(fresh, new, self.momentum * self.scale + (1 - self.momentum) * new)
-        )
+        fresh, idle = self.scale == 0, new == 0  # idle: the term does not push this step
+        ema = self.momentum * self.scale + (1 - self.momentum) * new
+        self.scale.copy_(torch.where(fresh, new, torch.where(idle, self.scale, ema)))
         return self.scale
 
 
@@ -163,7 +175,7 @@ def train_immunized(
     ctrl = StepControl(1.0, 1.0, min_step=1e-10, grow=1.0, max_retries=40)  # multiplier on every lr
     base_lr = [g["lr"] for g in optimizer.param_groups]
     saved = [p.detach().clone() for p in params]
-    result = TrainResult({k: [] for k in ("loss", "task", "r_well", "r_ill", "lam_p", "lam_h")})
+    result = TrainResult({"loss": []})
     step = 0
     for epoch in range(epochs):
         bar = tqdm(primary, disable=not progress, desc=f"immunize epoch {epoch + 1}/{epochs}")
@@ -199,7 +211,7 @@ def train_immunized(
             step += 1
             result.history["loss"].append(float(total.detach()))
             for key, val in loss.last.items():
-                result.history[key].append(val)
+                result.history.setdefault(key, []).append(val)
             bar.set_postfix(loss=f"{float(total.detach()):.4g}", lr=f"{lr0 * ctrl.step:.2g}")
         if ctrl.stalled:
             break

@@ -47,7 +47,6 @@ namespace condnum {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr int kCholeskyRetries = 4;  // tau grows 10x per retry (rounding made S indefinite)
 // Plain Lanczos is trusted for lam_min only while kappa * eps(S) * this stays below tol:
 // rounding in S v perturbs the Ritz values by ~ eps ||S||.
 constexpr double kRoundingSlack = 4.0;
@@ -265,7 +264,11 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
                        int64_t num_iters, const at::Tensor& start, double tau) {
   const int64_t d = W.size(0);
   at::Tensor U;  // (d, d) row-major; its upper triangle holds U, S + tau I = U^T U
-  for (int attempt = 0;; ++attempt, tau *= 10) {
+  // A Gram matrix built in S's dtype may be indefinite by rounding, down to about
+  // -sqrt(eps) lam_max (the indefiniteness test of plain Lanczos): tau grows 10x per failed
+  // factorisation up to that level before S is declared indefinite.
+  const double max_tau = std::max(tau, std::sqrt(eps_of(W.scalar_type())) * lam_max);
+  for (;; tau *= 10) {
     auto A = shifted64(W, tau);
 #if AT_BUILD_WITH_LAPACK()
     // In place: row-major A is the column-major A^T = A, whose lower Cholesky factor L
@@ -282,7 +285,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
     if (ok) U = factor.mT().contiguous();
 #endif
     if (ok) break;
-    TORCH_CHECK_VALUE(attempt < kCholeskyRetries, "condnum.extreme_eigh: S must be positive ",
+    TORCH_CHECK_VALUE(tau < max_tau, "condnum.extreme_eigh: S must be positive ",
                       "semi-definite, but the Cholesky factorisation of S + tau*I failed for tau ",
                       "up to ", tau, " (lam_max = ", lam_max, ")");
   }

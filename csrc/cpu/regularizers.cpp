@@ -1,7 +1,7 @@
 // R_ill and R_well (Zheng et al. 2025) and their analytic gradients on the CPU.
 //
 //   R_well(S) = lam_max^2 / 2 - ||S||_F^2 / (2k)       dR_well/dS = lam_max u u^T - S / k
-//   R_ill(S)  = 1 / D,  D = ||S||_F^2 / (2k) - lam_min^2 / 2
+//   R_ill(S)  = 1 / D,  D = max(||S||_F^2 / (2k) - lam_min^2 / 2, 64 eps ||S||_F^2 / (2k))
 //                                                      dR_ill/dS = R_ill^2 (lam_min u u^T - S / k)
 // lam and u come from extreme_eigh and are treated as functions of S (first-order
 // perturbation: d lam = u^T dS u), so no eigendecomposition is differentiated.
@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -50,6 +51,14 @@ at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double
   return out;
 }
 
+// D(S) is never taken below this many units of rounding of ||S||_F^2 / (2k).
+constexpr double kIllFloor = 64.0;
+
+double eps_of(const at::Tensor& S) {
+  return S.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
+                                       : std::numeric_limits<double>::epsilon();
+}
+
 // ||S||_F^2 as scale^2 * sum, refusing NaN/Inf.
 SquaredNorm checked_squared_norm(const at::Tensor& S, const char* op) {
   const auto n = squared_norm(S);
@@ -79,15 +88,10 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
   const auto n = checked_squared_norm(S, "r_ill");
   const double lam = lam_min.item<double>() / n.scale;
   const double half_mean_sq = n.sum / (2.0 * k);
-  const double D = half_mean_sq - 0.5 * lam * lam;  // D(S) / scale^2
-  // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1); allow for rounding.
-  const double eps = S.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
-                                                   : std::numeric_limits<double>::epsilon();
-  TORCH_CHECK_VALUE(D > 64 * eps * half_mean_sq, "condnum.r_ill: R_ill(S) = 1/D is +inf: D(S) = ",
-                    "||S||_F^2/(2k) - lam_min^2/2 = ", D * n.scale * n.scale,
-                    " is zero to working precision, i.e. all k = ", k,
-                    " eigenvalues equal lam_min = ", lam_min.item<double>(),
-                    " (kappa = 1), or k exceeds the number of eigenvalues");
+  // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1), and lam_min from
+  // outside the spectrum or k beyond the number of eigenvalues can make it negative: D is
+  // floored at the rounding level of ||S||_F^2 / (2k), so R_ill stays finite (and large).
+  const double D = std::max(half_mean_sq - 0.5 * lam * lam, kIllFloor * eps_of(S) * half_mean_sq);
   return scalar_like(1.0 / D / n.scale / n.scale, S);
 }
 
@@ -96,9 +100,10 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
 at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& r,
                               const at::Tensor& lam_min, const at::Tensor& u_min, int64_t k) {
   check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min");
+  const double g = grad.item<double>();
+  if (g == 0) return at::zeros_like(S);  // even where R = +inf (S = 0): no push, not NaN
   const double rv = r.item<double>();
-  return rank_one_plus_scaled(S, u_min, grad.item<double>() * rv, rv * lam_min.item<double>(),
-                              -rv / k);
+  return rank_one_plus_scaled(S, u_min, g * rv, rv * lam_min.item<double>(), -rv / k);
 }
 
 }  // namespace

@@ -34,7 +34,7 @@
 namespace condnum::cuda {
 
 constexpr int kCholThreads = 256;
-constexpr int kCholAttempts = 5;  // tau, 10 tau, ..., 10^4 tau (csrc/cpu: kCholeskyRetries = 4)
+constexpr int kCholAttempts = 5;  // tau, 10 tau, ..., 10^4 tau
 constexpr int kTile = 32;
 
 struct CholState {

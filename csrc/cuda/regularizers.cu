@@ -1,7 +1,7 @@
 // R_ill and R_well (Zheng et al. 2025) and their analytic gradients on the GPU.
 //
 //   R_well(S) = lam_max^2 / 2 - ||S||_F^2 / (2k)       dR_well/dS = lam_max u u^T - S / k
-//   R_ill(S)  = 1 / D,  D = ||S||_F^2 / (2k) - lam_min^2 / 2
+//   R_ill(S)  = 1 / D,  D = max(||S||_F^2 / (2k) - lam_min^2 / 2, 64 eps ||S||_F^2 / (2k))
 //                                                      dR_ill/dS = R_ill^2 (lam_min u u^T - S / k)
 // S: (d, d), lam: () and u: (d,) from extreme_eigh / top_eigh, all float32 or float64.
 // lam and u are treated as functions of S (d lam = u^T dS u): no eigendecomposition is
@@ -9,9 +9,8 @@
 //
 // Forward (two launches, deterministic, no host sync): ||S||_F^2 by a grid-stride
 // float64 reduction into one partial per block, then one block sums the partials in a
-// fixed order and evaluates the formula in float64 from the device scalars. Where the
-// CPU kernel raises (D = 0 to working precision: kappa = 1, R_ill = +inf) the GPU writes
-// +inf; NaN input gives NaN.
+// fixed order and evaluates the formula in float64 from the device scalars (D floored at
+// 64 eps ||S||_F^2 / (2k), as on the CPU); NaN input gives NaN.
 // Backward: one fused elementwise pass out[i][j] = (c_uu u_i) u_j + c_s S[i][j], with the
 // coefficients computed per thread in float64 from the device scalars (grad, r, lam) and
 // rounded to S's dtype, as on the CPU. Grid: (ceil(d / 256), rows); coalesced along j.
@@ -60,12 +59,9 @@ __global__ void __launch_bounds__(kThreads)
   const double l = static_cast<double>(*lam);
   double r;
   if (kIll) {
+    // D floored at the rounding level of ||S||_F^2 / (2k), as on the CPU.
     const double D = half_mean_sq - 0.5 * l * l;
-    // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1); allow for rounding.
-    if (isnan(D))
-      r = D;
-    else
-      r = D > 64.0 * Eps<T>::value * half_mean_sq ? 1.0 / D : dbl_inf();
+    r = isnan(D) ? D : 1.0 / fmax(D, 64.0 * Eps<T>::value * half_mean_sq);
   } else {
     r = 0.5 * l * l - half_mean_sq;
   }
@@ -93,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
                     const T* __restrict__ lam, const T* __restrict__ u, int64_t d, int64_t k,
                     T* __restrict__ out) {
   double g = static_cast<double>(*grad);
-  if (kIll) {
+  if (kIll && g != 0) {  // a zero grad stays zero even where R = +inf (S = 0), as on the CPU
     const double rv = static_cast<double>(*r);
     g = g * rv * rv;
   }
