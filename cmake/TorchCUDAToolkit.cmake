@@ -1,6 +1,6 @@
 # Prepares what a CUDA build of torch's CMake config (Caffe2's legacy FindCUDA) needs, before
 # find_package(Torch): the toolkit folder, libnvrtc, and architectures nvcc supports.
-# On a CPU torch nothing here is used unless the CUDA kernels are built.
+# With a CPU torch (no CUDA kernels possible) the results go unused.
 #
 # Toolkit folder, found as torch.utils.cpp_extension finds CUDA_HOME:
 #   CUDA_TOOLKIT_ROOT_DIR if given, else $CUDA_HOME or $CUDA_PATH, else the folder of the
@@ -9,7 +9,8 @@
 # libnvrtc: from the toolkit, else from the nvidia/*/lib folders of torch's pip wheels.
 # Architectures: TORCH_CUDA_ARCH_LIST (variable or environment, torch's "8.0;9.0" form), else
 #   CMAKE_CUDA_ARCHITECTURES (CMake's "80;90" form, default 80;90: A100, H100/H200). torch turns
-#   its list into the -gencode flags; without one it adds architectures nvcc 13 rejects.
+#   its list into the -gencode flags; without one it adds architectures nvcc 13 rejects. (torch
+#   then warns that it ignores CMAKE_CUDA_ARCHITECTURES: it reads the list translated here.)
 
 function(_condnum_cuda_home out)
   if(DEFINED ENV{CUDA_HOME})
@@ -17,7 +18,7 @@ function(_condnum_cuda_home out)
   elseif(DEFINED ENV{CUDA_PATH})
     set(home "$ENV{CUDA_PATH}")
   else()
-    find_program(_condnum_nvcc nvcc)
+    find_program(_condnum_nvcc nvcc NO_CACHE)
     if(_condnum_nvcc)
       # nvcc prints the folder it really runs from (_HERE_=<toolkit>/bin).
       execute_process(COMMAND "${_condnum_nvcc}" --dryrun -x cu -c /dev/null -o /dev/null
@@ -72,7 +73,7 @@ if(CUDA_TOOLKIT_ROOT_DIR)
     file(GLOB _condnum_nvrtc "${_condnum_torch_dir}/../nvidia/*/lib/libnvrtc.so.[0-9]*")
     if(_condnum_nvrtc)
       list(GET _condnum_nvrtc 0 _condnum_nvrtc)
-      file(REAL_PATH "${_condnum_nvrtc}" _condnum_nvrtc)
+      get_filename_component(_condnum_nvrtc "${_condnum_nvrtc}" ABSOLUTE)
       set(CUDA_nvrtc_LIBRARY "${_condnum_nvrtc}" CACHE FILEPATH "libnvrtc (torch's wheel)" FORCE)
     endif()
   endif()
