@@ -1,0 +1,82 @@
+"""What the build registered, read from torch's dispatcher.
+
+Every condnum op has a CPU kernel and, in a CUDA build (``condnum.built_with_cuda()``), a
+CUDA kernel: checked in the dispatch table, so a CUDA build is verified on a machine
+without a GPU. The fake (meta) kernels pass ``torch.library.opcheck`` on meta tensors,
+where no device kernel runs. Importing condnum does not initialise CUDA.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import condnum
+
+ops = torch.ops.condnum
+
+#: Ops whose kernel does not depend on the device (a build flag, not a tensor op).
+DEVICE_INDEPENDENT = {"condnum::_built_with_cuda"}
+
+
+def _tensor_ops() -> list[str]:
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("condnum::")]
+    return sorted(set(names) - DEVICE_INDEPENDENT)
+
+
+def _meta_calls(dtype: torch.dtype) -> list[tuple[torch._ops.OpOverload, tuple]]:
+    """One call of every tensor op on meta tensors: d = 6, N = 9, D = 5."""
+
+    def t(*shape, grad=False):
+        return torch.empty(shape, dtype=dtype, device="meta", requires_grad=grad)
+
+    def eig():
+        return t(), t(6)
+
+    (lam_min, u_min), (lam_max, u_max) = eig(), eig()
+    return [
+        (ops.gram.default, (t(9, 6, grad=True),)),
+        (ops.covariance.default, (t(5, 6, grad=True), t(5, 5))),
+        (ops.extreme_eigh.default, (t(6, 6, grad=True), 32, 1e-6, 1e-6, None, None)),
+        (ops.extreme_eigh.default, (t(6, 6), 32, 1e-6, 1e-6, t(6), t(6))),
+        (ops.top_eigh.default, (t(6, 6, grad=True), 32, 1e-6, None)),
+        (ops.r_ill.default, (t(6, 6, grad=True), lam_min, u_min, 10)),
+        (ops.r_well.default, (t(6, 6, grad=True), lam_max, u_max, 10)),
+        (ops._r_ill_backward.default, (t(), t(6, 6), t(), lam_min, u_min, 10)),
+        (ops._r_well_backward.default, (t(), t(6, 6), lam_max, u_max, 10)),
+    ]
+
+
+def test_every_op_has_a_cpu_kernel():
+    names = _tensor_ops()
+    assert names, "no condnum ops registered"
+    missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")]
+    assert not missing, f"ops without a CPU kernel: {missing}"
+
+
+def test_every_op_has_a_cuda_kernel_in_a_cuda_build():
+    if not condnum.built_with_cuda():
+        pytest.skip("condnum was built without its CUDA kernels (CPU torch or CONDNUM_CUDA=OFF)")
+    names = _tensor_ops()
+    missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA")]
+    assert not missing, f"ops without a CUDA kernel: {missing}"
+    assert "CUDA: registered at" in torch._C._dispatch_dump("condnum::extreme_eigh")
+
+
+def test_meta_calls_cover_every_op():
+    covered = {op._schema.name for op, _ in _meta_calls(torch.float32)}
+    assert covered == set(_tensor_ops())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_on_meta(dtype):
+    for op, args in _meta_calls(dtype):
+        torch.library.opcheck(op, args)
+
+
+def test_import_does_not_initialise_cuda():
+    code = "import torch, condnum; assert not torch.cuda.is_initialized()"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
