@@ -58,7 +58,9 @@ def test_context_manager_switches_the_cpu_kernel_and_restores_it(op):
 def test_every_device_without_a_native_kernel_gets_the_portable_one():
     for op in ("gram", "covariance", "extreme_eigh", "top_eigh", "r_ill", "r_well"):
         table = torch._C._dispatch_dump(f"condnum::{op}")
-        assert re.search(r"^CompositeExplicitAutograd\[alias\]: registered at \S+registration", table, re.M)
+        assert re.search(
+            r"^CompositeExplicitAutograd\[alias\]: registered at \S+registration", table, re.M
+        )
         assert re.search(r"^Meta: registered at \S+library\.py", table, re.M)  # fake kernels
 
 
@@ -112,7 +114,9 @@ def test_policy_constants_equal_the_cpu_kernels(source, cpp, python):
 def test_inline_policy_values_equal_the_cpu_kernels():
     """The values the C++ code writes inline, read from the sources."""
     checks_h = (CSRC / "cpu/checks.h").read_text()
-    f32, f64 = re.search(r"is_same_v<scalar_t, float> \? ([0-9.e-]+) : ([0-9.e-]+)", checks_h).groups()
+    f32, f64 = re.search(
+        r"is_same_v<scalar_t, float> \? ([0-9.e-]+) : ([0-9.e-]+)", checks_h
+    ).groups()
     assert _policy.SYMMETRY_RTOL == {torch.float32: float(f32), torch.float64: float(f64)}
     checks = (CSRC / "cpu/checks.cpp").read_text()
     f32, f64 = re.search(r"limit = dtype == at::kFloat \? (\d+) : (\d+);", checks).groups()
@@ -146,7 +150,9 @@ def _case(d, kappa, dtype, zeros):
     ev[2 : 2 + zeros] = 0.0
     positive = ev[ev > 0]
     rtol = 0.1 * (positive.min() / positive.max()).item()
-    return spd_from_spectrum(ev, d, dtype), max(rtol, 1e-4 if zeros and dtype == torch.float32 else 0)
+    return spd_from_spectrum(ev, d, dtype), max(
+        rtol, 1e-4 if zeros and dtype == torch.float32 else 0
+    )
 
 
 @pytest.mark.parametrize("case", AGREEMENT_CASES, ids=str)

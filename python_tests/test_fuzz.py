@@ -761,7 +761,8 @@ def test_modules_on_features_fuzz(case, which, layout, impl):
     D = max(hms - 0.5 * lam_min**2, 64 * _eps(s_dtype) * hms)
     R = 1 / D if which == "RIll" else 1.0
     cubic = Zd @ Zd.T @ Zd / d
-    expected = _in_dtype(2 * R * (R * (lam[i] ** 1.5 * torch.outer(Uf[:, i], Vh[i]) - cubic)), dtype)
+    expected = 2 * R * (R * (lam[i] ** 1.5 * torch.outer(Uf[:, i], Vh[i]) - cubic))
+    expected = _in_dtype(expected, dtype)
     scale = 2 * R * (R * max(lam[i].item() ** 1.5, cubic.abs().max().item()))  # of the two terms
     finite = expected.isfinite()
     assert torch.equal(grad.double()[~finite], expected[~finite])

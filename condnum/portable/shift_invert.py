@@ -105,7 +105,12 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau, neg_floor) -> 
         # Ritz values above mu_threshold are eigenvalues below the threshold; when several
         # map close below it, the wanted one is deep inside the Krylov spectrum: give up
         # early for the LDL^T route (not for a wide shift, which maps a null space there).
-        if detect_crowding and m >= 16 and m - 1 - i >= 4 and lz.value(i + 1) < 4 * mu_threshold / 3:
+        if (
+            detect_crowding
+            and m >= 16
+            and m - 1 - i >= 4
+            and lz.value(i + 1) < 4 * mu_threshold / 3
+        ):
             crowded = True
             break
     out = Bottom(crowded=crowded, steps=lz.size)
