@@ -64,7 +64,7 @@ def _torch_error(S: torch.Tensor, rtol: float, lam_min64: float) -> float:
 @given(spectra())
 @example((spd_from_spectrum(torch.ones(1), 0, torch.float64), 0.1))  # d = 1
 @example((spd_from_spectrum(torch.full((7,), 3.0), 1, torch.float32), 0.1))  # kappa = 1
-def test_extreme_eigenvalues_match_float64_eigvalsh(case, device):
+def test_extreme_eigenvalues_match_float64_eigvalsh(device, case):
     S, rtol = case
     S = S.to(device)
     lam_min, lam_max, u_min, u_max = F.extreme_eigh(S, rtol=rtol)

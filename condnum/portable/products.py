@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from condnum._ops import _HALF, _check_matrix, _check_same, _check_square, _fail
+from condnum._ops import _HALF, _check_covariance, _check_matrix
 from condnum.portable.checks import symmetrized
 
 
@@ -28,15 +28,7 @@ def gram(Z: torch.Tensor) -> torch.Tensor:
 
 
 def covariance(theta: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    _check_matrix(theta, "covariance", "theta")
-    _check_square(K, "covariance", "K")
-    _check_same(theta, K, "covariance", "theta", "K")
-    if K.shape[0] != theta.shape[0]:
-        _fail(
-            "covariance",
-            f"K must be (D, D) for theta of shape (D, d), got K {list(K.shape)} and theta "
-            f"{list(theta.shape)}",
-        )
+    _check_covariance(theta, K)
     Ks, _, _ = symmetrized(K, "covariance", "K")
     t = theta.contiguous()
     return _mirror_upper(t.mT @ (Ks @ t))
