@@ -8,6 +8,8 @@ their own comment.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # ---------------------------------------------------------------- acceptance and stopping
@@ -25,8 +27,6 @@ RATE_WINDOW = 6
 BREAKDOWN = 10.0  # inline in lanczos.cpp
 
 # ---------------------------------------------------------------- shift-and-invert
-#: tau grows 10x per retry when rounding made S + tau I indefinite.
-CHOLESKY_RETRIES = 4
 #: Rounding floor of a float64 Krylov basis: FLOOR_SLACK * eps64 * max |Ritz value|.
 FLOOR_SLACK = 16.0
 #: Cholesky shift tau = max(rtol, TAU_D_EPS * d * eps64) * lam_max.
@@ -39,9 +39,14 @@ SYMMETRY_RTOL = {torch.float32: 3.5e-4, torch.float64: 1.5e-8}
 RANGE_EXPONENT_LIMIT = {torch.float32: 40, torch.float64: 256}  # inline in checks.cpp
 
 # ---------------------------------------------------------------- edges of the numerical range
-#: R_ill = 1 / max(D, R_ILL_D_FLOOR * eps(S) * ||S||_F^2 / (2k)): D at rounding level or
-#: below (kappa = 1, or k above the number of eigenvalues) gives a large finite value.
-R_ILL_D_FLOOR = 64.0  # inline in regularizers.cpp
-#: Eigenvalues down to -INDEFINITE_SLACK * d * eps(S) * lam_max are rounding of zeros (a
-#: Gram matrix formed in S's dtype); only below that is S reported indefinite.
-INDEFINITE_SLACK = 4.0
+#: R_ill = 1 / max(D, ILL_FLOOR * eps(S) * ||S||_F^2 / (2k)): D at rounding level or below
+#: (kappa = 1, or k above the number of eigenvalues) gives a large finite value.
+ILL_FLOOR = 64.0
+
+
+def indefinite_floor(dtype: torch.dtype) -> float:
+    """Eigenvalues down to ``-indefinite_floor(S.dtype) * lam_max`` are rounding (a Gram matrix
+    formed in S's dtype): plain Lanczos' indefiniteness test, and how far the Cholesky shift
+    tau may grow (10x per failed factorisation) before S is declared indefinite. sqrt(eps),
+    inline in extreme_eigh.cpp."""
+    return math.sqrt(torch.finfo(dtype).eps)

@@ -185,7 +185,7 @@ def test_bad_solver_arguments(impl, device):
 
 def test_gram_made_indefinite_by_rounding_is_accepted(impl, device, request):
     """A rank-deficient float32 Gram matrix whose zero eigenvalues rounding made slightly
-    negative (about -1e-8 lam_max here, above -4 d eps lam_max): with rtol = 0 they count as
+    negative (about -1e-8 lam_max here, above -sqrt(eps) lam_max): with rtol = 0 they count as
     zeros below the numerical range, not as proof that S is indefinite."""
     if impl.device == "cpu" and impl.backend == "native":
         request.applymarker(

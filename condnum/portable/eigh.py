@@ -11,7 +11,7 @@
    fraction of the shift-and-invert cost) lasts and S is not too ill-conditioned for it.
 2. Otherwise shift-and-invert in float64 (condnum.portable.shift_invert).
 Eigenvector signs: the component of largest magnitude is positive. Eigenvalues down to
--INDEFINITE_SLACK d eps(S) lam_max are rounding of zeros; only below that is S indefinite.
+-sqrt(eps(S)) lam_max are rounding; only below that is S indefinite.
 
 Host synchronisation: one copy for the input checks, one per Lanczos step (its
 convergence check) and one per factorisation; the outputs stay on S's device.
@@ -61,10 +61,6 @@ def _start_vector(a, b, random: torch.Tensor) -> torch.Tensor:
 def _with_sign_convention(u: torch.Tensor) -> torch.Tensor:
     i = u.abs().argmax()
     return torch.where(u[i] < 0, -u, u)
-
-
-def _neg_floor(d: int, dtype: torch.dtype, lam_max: float) -> float:
-    return _policy.INDEFINITE_SLACK * d * torch.finfo(dtype).eps * abs(lam_max)
 
 
 @dataclass
@@ -141,8 +137,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
     if not top_done or final.bound <= top.bound or final.value - top.value > top.bound:
         top = final
     lowest = lz.value(0)
-    floor = max(math.sqrt(eps) * abs(top.value), _neg_floor(d, W.dtype, top.value))
-    if lowest < -floor:  # Ritz values bound the spectrum from inside
+    if lowest < -_policy.indefinite_floor(W.dtype) * abs(top.value):  # Ritz values lie inside
         _fail(
             op,
             f"S must be positive semi-definite, but it has an eigenvalue {lowest:g} < 0 "
@@ -203,10 +198,7 @@ def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
     else:
         # Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors).
         start = _start_vector(b, None, random) if b is not None else p.u_bottom + random * 0.1
-        neg_floor = _neg_floor(W.shape[0], W.dtype, p.lam_max)
-        r = shift_invert_bottom(
-            W, p.lam_max, rtol, tol, num_iters, start, p.lowest, p.lam_bottom, neg_floor
-        )
+        r = shift_invert_bottom(W, p.lam_max, rtol, tol, num_iters, start, p.lowest, p.lam_bottom)
         lam_min, u_min, err_min = r.lam, r.u.to(S.dtype), r.err
     lams = torch.tensor([lam_min * scale, p.lam_max * scale], dtype=S.dtype, device=S.device)
     return (

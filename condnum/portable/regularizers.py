@@ -1,7 +1,7 @@
 """R_ill and R_well (Zheng et al. 2025) and their analytic gradients on torch operations.
 
     R_well(S) = lam_max^2 / 2 - ||S||_F^2 / (2k)       dR_well/dS = lam_max u u^T - S / k
-    R_ill(S)  = 1 / max(D, R_ILL_D_FLOOR eps(S) ||S||_F^2 / (2k)),
+    R_ill(S)  = 1 / max(D, ILL_FLOOR eps(S) ||S||_F^2 / (2k)),
                 D = ||S||_F^2 / (2k) - lam_min^2 / 2    dR_ill/dS = R_ill^2 (lam_min u u^T - S / k)
 S: (d, d), lam: (), u: (d,). ||S||_F^2 is summed in float64 on S divided by a power of two
 (condnum.portable.checks.squared_norm) and the values are formed in those units, so they
@@ -50,12 +50,14 @@ def r_ill(S, lam_min, u_min, k: int) -> torch.Tensor:
     lam = lam_min.double() / scale
     half_mean_sq = total / (2.0 * k)
     D = half_mean_sq - 0.5 * lam * lam  # D(S) / scale^2
-    D_eff = torch.maximum(D, _policy.R_ILL_D_FLOOR * torch.finfo(S.dtype).eps * half_mean_sq)
+    D_eff = torch.maximum(D, _policy.ILL_FLOOR * torch.finfo(S.dtype).eps * half_mean_sq)
     return (1.0 / D_eff / scale / scale).to(S.dtype)
 
 
 def r_ill_backward(grad, S, r, lam_min, u_min, k: int) -> torch.Tensor:
-    """grad R (R lam u u^T - (R / k) S): R^2 alone may overflow where the gradient does not."""
+    """grad R (R lam u u^T - (R / k) S): R^2 alone may overflow where the gradient does not.
+    A zero grad gives zeros, even where R = +inf (S = 0): no push, not NaN."""
     _check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min")
-    rv = r.double()
-    return _rank_one_plus_scaled(S, u_min, grad.double() * rv, rv * lam_min.double(), -rv / k)
+    rv, g = r.double(), grad.double()
+    out = _rank_one_plus_scaled(S, u_min, g * rv, rv * lam_min.double(), -rv / k)
+    return torch.where(g == 0, torch.zeros_like(out), out)

@@ -44,29 +44,28 @@ def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
     return A
 
 
-def _cholesky(W: torch.Tensor, lam_max: float, tau: float, neg_floor: float):
-    """(L, tau): the lower Cholesky factor of S + tau I, tau grown 10x per failure
-    (CHOLESKY_RETRIES times, then once more to at least 2 neg_floor, where rounding of a
-    Gram matrix's zero eigenvalues reaches) before S is declared indefinite."""
-    attempt = 0
+def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
+    """(L, tau): the lower Cholesky factor of S + tau I. A Gram matrix built in S's dtype may
+    be indefinite by rounding, down to indefinite_floor * lam_max: tau grows 10x per failed
+    factorisation up to that level before S is declared indefinite."""
+    max_tau = max(tau, _policy.indefinite_floor(W.dtype) * lam_max)
     while True:
         L, info = torch.linalg.cholesky_ex(_shifted64(W, tau))
         if info.item() == 0:
             return L, tau
-        if attempt >= _policy.CHOLESKY_RETRIES and tau >= 2 * neg_floor:
+        if not tau < max_tau:
             _fail(
                 "extreme_eigh",
                 "S must be positive semi-definite, but the Cholesky factorisation of "
                 f"S + tau*I failed for tau up to {tau:g} (lam_max = {lam_max:g})",
             )
-        attempt += 1
-        tau = 10 * tau if attempt <= _policy.CHOLESKY_RETRIES else max(10 * tau, 2 * neg_floor)
+        tau *= 10
 
 
-def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau, neg_floor) -> Bottom:
+def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     """Lanczos on (S + tau I)^{-1}; the wanted Ritz value is the largest one whose
     lam = 1/theta - tau is above the threshold."""
-    L, tau = _cholesky(W, lam_max, tau, neg_floor)
+    L, tau = _cholesky(W, lam_max, tau)
     d = W.shape[0]
     threshold = rtol * lam_max
     mu_threshold = 1.0 / (threshold + tau)
@@ -168,9 +167,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     return out
 
 
-def shift_invert_bottom(
-    W, lam_max, rtol, tol, num_iters, start, theta0, theta_range, neg_floor
-) -> Bottom:
+def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_range) -> Bottom:
     """The bottom of the numerical range. theta0: plain Lanczos' bottom Ritz value (an upper
     bound on the smallest eigenvalue); theta_range: its smallest Ritz value above the
     threshold (an estimate of the wanted eigenvalue)."""
@@ -193,7 +190,7 @@ def shift_invert_bottom(
         tried_ldl = True
     if not out.converged:
         tau = max(rtol, _policy.TAU_D_EPS * d * EPS64) * lam_max
-        chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau, neg_floor)
+        chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau)
         # A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at
         # that scale can swamp it: shift by ~lam / 4 instead (one more factorisation).
         if chol.floor_limited or math.isnan(chol.lam):
@@ -207,7 +204,6 @@ def shift_invert_bottom(
                     num_iters,
                     chol.u if chol.u is not None else start64,
                     0.25 * guess,
-                    neg_floor,
                 )
                 if not math.isnan(wide.lam) and (
                     math.isnan(chol.lam) or wide.converged or wide.err < chol.err
