@@ -77,8 +77,7 @@ def _gram_fake(Z):
     return Z.new_empty((Z.shape[1], Z.shape[1]), dtype=dtype)
 
 
-@torch.library.register_fake("condnum::covariance")
-def _covariance_fake(theta, K):
+def _check_covariance(theta: torch.Tensor, K: torch.Tensor) -> None:
     _check_matrix(theta, "covariance", "theta")
     _check_square(K, "covariance", "K")
     _check_same(theta, K, "covariance", "theta", "K")
@@ -88,6 +87,11 @@ def _covariance_fake(theta, K):
             f"K must be (D, D) for theta of shape (D, d), got K {list(K.shape)} and theta "
             f"{list(theta.shape)}",
         )
+
+
+@torch.library.register_fake("condnum::covariance")
+def _covariance_fake(theta, K):
+    _check_covariance(theta, K)
     return theta.new_empty((theta.shape[1], theta.shape[1]))
 
 

@@ -7,11 +7,15 @@ small multiple of plain ``torch.linalg.eigvalsh``'s error in the same dtype.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+import condnum
 
 #: Requested relative accuracy of extreme eigenvalues (condnum.functional.DEFAULT_TOL),
 #: times a slack for the error-bound estimate and the input's rounding.
@@ -46,7 +50,8 @@ settings.register_profile(
     database=None,
     deadline=None,  # the machine may be shared
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    # the op modules' autouse fixtures (device/backend skips) keep no per-example state
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
 
@@ -108,3 +113,52 @@ def data_dir() -> Path:
     if not DATA_DIR.exists():
         pytest.skip(f"shared data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One (device, backend) pair the op tests run on."""
+
+    device: str
+    backend: str
+
+    @property
+    def raises_on_bad_values(self) -> bool:
+        """Value errors (NaN/Inf, asymmetry, indefiniteness) raise, as on the CPU; the native
+        CUDA kernels return NaN instead (no host synchronisation)."""
+        return not (self.device == "cuda" and self.backend == "native")
+
+
+#: The op tests run over these; the CUDA ones skip, visibly, without a GPU.
+IMPLEMENTATIONS = [Impl(d, b) for d in ("cpu", "cuda") for b in ("native", "portable")]
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS, ids=lambda i: f"{i.device}-{i.backend}")
+def impl(request: pytest.FixtureRequest) -> Iterator[Impl]:
+    """The (device, backend) of an op test module's run, with that backend active."""
+    impl: Impl = request.param
+    if impl.device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("CUDA is not available")
+        if impl.backend == "native" and not condnum.built_with_cuda():
+            pytest.skip("condnum was built without its CUDA kernels")
+    with condnum.backend(impl.backend):
+        yield impl
+
+
+@pytest.fixture
+def device(impl: Impl) -> torch.device:
+    """The device of a test written for any device (requesting it opts into CUDA runs)."""
+    return torch.device(impl.device)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_tests_run_on_cpu(request: pytest.FixtureRequest) -> None:
+    """In the op modules (which use ``impl``), a test that does not take ``device`` builds
+    its tensors on the CPU: it runs for the CPU implementations only."""
+    if "impl" in request.fixturenames and "device" not in request.fixturenames:
+        if request.getfixturevalue("impl").device != "cpu":
+            pytest.skip("a CPU-only test (it does not take the device fixture)")

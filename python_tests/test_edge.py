@@ -22,6 +22,9 @@ from condnum import functional as F
 from condnum import reference
 from condnum.modules import NumericalRangeWarning, default_kappa_target
 
+#: Every test runs for the CPU implementations (native and portable; conftest.impl).
+pytestmark = pytest.mark.usefixtures("impl")
+
 DTYPES = (torch.float32, torch.float64)
 #: Relative change of R_ill allowed between neighbouring points of a walk whose eigenvalue
 #: moves by ``step * floor``: |dD| <= lam dlam, far below this for the spectra drawn.

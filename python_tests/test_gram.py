@@ -1,4 +1,5 @@
-"""gram(Z) = Z^T Z and covariance(theta, K) = theta^T K theta."""
+"""gram(Z) = Z^T Z and covariance(theta, K) = theta^T K theta, on each (device, backend) of
+conftest.IMPLEMENTATIONS (tests without ``device`` on the CPU implementations only)."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import condnum
 from condnum import functional as F
 
 ops = torch.ops.condnum
+pytestmark = pytest.mark.usefixtures("impl")
 
 
 @settings(max_examples=25, deadline=None)
@@ -18,9 +20,11 @@ ops = torch.ops.condnum
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 2**31),
 )
-def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed):
+def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed, device):
     Z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    S = F.gram(Z)
+    S = F.gram(Z.to(device))
+    assert S.device == Z.to(device).device
+    S = S.cpu()
     ref = Z.double().T @ Z.double()
     torch_err = ((Z.T @ Z).double() - ref).abs().max()
     assert S.dtype == dtype and S.shape == (d, d)
@@ -30,44 +34,44 @@ def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gram_half_inputs_accumulate_in_float32(dtype):
+def test_gram_half_inputs_accumulate_in_float32(dtype, device):
     Z = torch.randn(2048, 64).to(dtype)
-    S = F.gram(Z)
+    S = F.gram(Z.to(device)).cpu()
     assert S.dtype == torch.float32
     ref = Z.double().T @ Z.double()
     # float32 accumulation: error far below a half-precision accumulation's
     assert ((S.double() - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
-def test_covariance_matches_reference():
+def test_covariance_matches_reference(device):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(50, 30, generator=g, dtype=torch.float64)
-    K = X.T @ X
-    theta = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    K = (X.T @ X).to(device)
+    theta = torch.randn(30, 12, generator=g, dtype=torch.float64).to(device)
     S = F.covariance(theta, K)
     torch.testing.assert_close(S, theta.T @ K @ theta, rtol=1e-12, atol=1e-10)
     assert torch.equal(S, S.T)
 
 
-def test_gram_gradcheck():
-    Z = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+def test_gram_gradcheck(device):
+    Z = torch.randn(7, 5, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(F.gram, (Z,))
     assert torch.autograd.gradgradcheck(F.gram, (Z,))
 
 
-def test_covariance_gradcheck():
-    theta = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    A = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+def test_covariance_gradcheck(device):
+    theta = torch.randn(6, 4, dtype=torch.float64, device=device, requires_grad=True)
+    A = torch.randn(6, 6, dtype=torch.float64, device=device, requires_grad=True)
     # covariance requires a symmetric K: check through K = A + A^T
     assert torch.autograd.gradcheck(lambda t, a: F.covariance(t, a + a.T), (theta, A))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(dtype):
-    Z = torch.randn(9, 4, dtype=dtype, requires_grad=True)
+def test_opcheck(dtype, device):
+    Z = torch.randn(9, 4, dtype=dtype, device=device, requires_grad=True)
     torch.library.opcheck(ops.gram.default, (Z,))
-    X = torch.randn(8, 5, dtype=dtype)
-    theta = torch.randn(5, 3, dtype=dtype, requires_grad=True)
+    X = torch.randn(8, 5, dtype=dtype, device=device)
+    theta = torch.randn(5, 3, dtype=dtype, device=device, requires_grad=True)
     torch.library.opcheck(ops.covariance.default, (theta, X.T @ X))
 
 

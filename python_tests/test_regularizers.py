@@ -1,4 +1,6 @@
-"""r_ill / r_well and the RIll / RWell modules: values, analytic gradients, properties."""
+"""r_ill / r_well and the RIll / RWell modules: values, analytic gradients, properties, on
+each (device, backend) of conftest.IMPLEMENTATIONS (tests without ``device`` on the CPU
+implementations only)."""
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from condnum import functional as F
 from condnum import reference
 
 ops = torch.ops.condnum
+pytestmark = pytest.mark.usefixtures("impl")
 #: Exact eigen-solves for gradcheck: Lanczos spans the whole space when d <= num_iters.
 EXACT = {"tol": 1e-13}
 
@@ -29,15 +32,17 @@ def _spd(d, kappa, seed, dtype=torch.float64):
 )
 # lam_max gap of 0.33%: an r^2/gap convergence test accepted the second eigenvalue
 @example(d=27, log_kappa=1.0, seed=346, dtype=torch.float32, k_offset=0)
-def test_values_match_reference(d, log_kappa, seed, dtype, k_offset):
+def test_values_match_reference(d, log_kappa, seed, dtype, k_offset, device):
     S = _spd(d, 10**log_kappa, seed, dtype)
     k = max(1, d - k_offset)
     rtol = 0.1 * 10**-log_kappa
-    assert rel_err(F.r_well(S, k).item(), reference.r_well(S.double(), k).item()) <= VALUE_RTOL[
-        dtype
-    ] * max(1.0, abs(reference.r_well(S.double(), k).item()) ** -1)
+    ref_well = reference.r_well(S.double(), k).item()
+    Sd = S.to(device)
+    assert rel_err(F.r_well(Sd, k).item(), ref_well) <= VALUE_RTOL[dtype] * max(
+        1.0, abs(ref_well) ** -1
+    )
     assert rel_err(
-        F.r_ill(S, k, rtol).item(), reference.r_ill(S.double(), k, rtol).item()
+        F.r_ill(Sd, k, rtol).item(), reference.r_ill(S.double(), k, rtol).item()
     ) <= VALUE_RTOL[dtype]
 
 
@@ -57,9 +62,18 @@ def test_r_well_zero_iff_all_eigenvalues_equal():
     assert F.r_well(S2).item() > 1e-4
 
 
+def test_r_ill_at_kappa_one(impl, device):
+    """D = 0 (kappa = 1, or d = 1): every implementation returns 1/D_eff with
+    D_eff = 64 eps(S) ||S||_F^2 / (2k) (D at rounding level), never an error or +inf."""
+    for S in (3.0 * torch.eye(5, device=device), torch.eye(1, dtype=torch.float64, device=device)):
+        value = F.r_ill(S).item()
+        d_eff = 64 * torch.finfo(S.dtype).eps * S.double().square().sum().item() / (2 * len(S))
+        assert rel_err(value, 1 / d_eff) <= VALUE_RTOL[S.dtype]
+
+
 @pytest.mark.parametrize("fn", [F.r_ill, F.r_well])
-def test_gradcheck_from_S(fn):
-    S = _spd(7, 50.0, 0).requires_grad_()
+def test_gradcheck_from_S(fn, device):
+    S = _spd(7, 50.0, 0).to(device).requires_grad_()
     # S must stay symmetric under finite differences: differentiate through (A + A^T) / 2
     assert torch.autograd.gradcheck(lambda A: fn((A + A.T) / 2, **EXACT), (S,))
 
@@ -75,22 +89,23 @@ def test_degenerate_extremes_give_finite_gradients():
 @pytest.mark.filterwarnings("ignore:.*rank-deficient Gram")
 @pytest.mark.parametrize("module", [condnum.RIll, condnum.RWell])
 @pytest.mark.parametrize("shape", [(9, 5), (4, 7)])  # N >= d and N < d (N x N Gram)
-def test_modules_equal_functional_and_gradcheck_from_features(module, shape):
+def test_modules_equal_functional_and_gradcheck_from_features(module, shape, device):
     Z = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    Z = Z.to(device)
     fn = F.r_ill if module is condnum.RIll else F.r_well
     rule = {"rtol": 1e-10} if module is condnum.RIll else {}
     gram = Z.T @ Z if shape[0] >= shape[1] else Z @ Z.T  # N < d: the N nonzero eigenvalues
     expected = fn(gram, **rule, **EXACT)
-    m = module(**rule, **EXACT)
+    m = module(**rule, **EXACT).to(device)
     torch.testing.assert_close(m(Z), expected, rtol=1e-9, atol=0)
     assert torch.autograd.gradcheck(m, (Z.clone().requires_grad_(),))
 
 
-def test_gradcheck_from_theta_and_K():
+def test_gradcheck_from_theta_and_K(device):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(20, 6, dtype=torch.float64, generator=g)
-    theta = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    K = (X.T @ X).requires_grad_()
+    theta = torch.randn(6, 4, dtype=torch.float64, generator=g).to(device).requires_grad_()
+    K = (X.T @ X).to(device).requires_grad_()
 
     def loss(theta, K):
         S = F.covariance(theta, (K + K.T) / 2)
@@ -153,12 +168,12 @@ def test_torch_compile_fullgraph_forward_backward():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(dtype):
-    S = _spd(10, 20.0, 1, dtype).requires_grad_()
+def test_opcheck(dtype, device):
+    S = _spd(10, 20.0, 1, dtype).to(device).requires_grad_()
     lam_min, lam_max, u_min, u_max = F.extreme_eigh(S.detach(), rtol=0.0)
     torch.library.opcheck(ops.r_ill.default, (S, lam_min, u_min, 10))
     torch.library.opcheck(ops.r_well.default, (S, lam_max, u_max, 8))
-    g = torch.tensor(0.5, dtype=dtype)
+    g = torch.tensor(0.5, dtype=dtype, device=device)
     r = ops.r_ill(S.detach(), lam_min, u_min, 10)
     torch.library.opcheck(ops._r_ill_backward.default, (g, S.detach(), r, lam_min, u_min, 10))
     torch.library.opcheck(ops._r_well_backward.default, (g, S.detach(), lam_max, u_max, 10))

@@ -108,6 +108,16 @@ def test_loop_trains_to_success(mode, rtol, balance, plain_accuracy):
     assert max(lam_h) <= LAMBDA_DRIFT * lam_h[0]
 
 
+def test_loop_trains_to_success_on_the_portable_backend(plain_accuracy):
+    """The float32 loop with the defaults, every op on the portable implementation."""
+    with warnings.catch_warnings(), condnum.backend("portable"):
+        warnings.simplefilter("ignore", NumericalRangeWarning)
+        acc, kappa0, kappa, _, _ = train("float32", None, "auto")
+    target = condnum.default_kappa_target(torch.float32, 32)
+    assert kappa >= min(KAPPA_RISE * kappa0, TARGET_FRACTION * target), (kappa0, kappa)
+    assert acc >= ACCURACY_KEPT * plain_accuracy("float32")
+
+
 def test_train_immunized_on_small_batches():
     """train_immunized with batches of N = 16 < d = 32: the rank-deficient Gram is no error."""
     torch.manual_seed(0)

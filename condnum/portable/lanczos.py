@@ -1,0 +1,165 @@
+"""Lanczos with full reorthogonalisation on torch operations, for any device.
+
+From a start vector v_0, builds an orthonormal Krylov basis V = [v_0 .. v_{m-1}] (rows of
+a preallocated (max_steps + 1, d) device tensor) and the tridiagonal T = V^T A V (alpha on
+the diagonal, beta off it). Each new direction w = A v_j is orthogonalised against the
+whole basis by classical Gram-Schmidt, always twice ("twice is enough": no host decision
+in the middle of a step). Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes
+from the small T on the host (float64 ``eigh``); its residual ||A y_i - theta_i y_i|| =
+beta_m |s_i[m-1]| bounds the distance from theta_i to an eigenvalue of A (the CPU kernel's
+bound).
+
+Host synchronisation: one copy of (alpha_j, beta_j) to the host per step, which is what
+each step's convergence check reads; nothing else. Cost per step: one operator
+application plus 8 m d flops; a check costs an ``eigh`` of the m x m T on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from condnum import _policy
+
+
+@dataclass
+class Ritz:
+    index: int  # 0 = the smallest Ritz value
+    m: int  # basis size it was computed at
+    value: float  # theta_i
+    bound: float  # error bound on theta_i: the residual (0 if the space is invariant)
+    s: torch.Tensor  # (m,) float64 eigenvector of T_m on the host: y_i = V_m^T s
+
+
+class Lanczos:
+    """Lanczos on a symmetric operator ``apply: (d,) -> (d,)`` in ``dtype`` on ``device``."""
+
+    def __init__(
+        self,
+        apply: Callable[[torch.Tensor], torch.Tensor],
+        d: int,
+        max_steps: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.apply = apply
+        self.d = d
+        self.max_steps = max(1, min(max_steps, d))
+        self.V = torch.empty(self.max_steps + 1, d, dtype=dtype, device=device)
+        self.eps = torch.finfo(dtype).eps
+        self.alpha: list[float] = []
+        self.beta: list[float] = []
+        self.scale = 0.0  # running max of |alpha|, beta: an estimate of ||A||
+        self.invariant = False
+        self._eig: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.alpha)
+
+    @property
+    def can_step(self) -> bool:
+        return not self.invariant and self.size < self.max_steps
+
+    def start(self, v0: torch.Tensor) -> None:
+        v = v0.to(self.V.dtype)
+        self.V[0] = v / torch.linalg.vector_norm(v)
+
+    def step(self) -> bool:
+        """Extends the basis by A v_{m-1}; False once it is full or A-invariant."""
+        if not self.can_step:
+            return False
+        j = self.size
+        basis = self.V[: j + 1]
+        w = self.apply(self.V[j])
+        h = basis @ w
+        w = w - basis.mT @ h
+        h2 = basis @ w
+        w = w - basis.mT @ h2
+        b = torch.linalg.vector_norm(w)
+        alpha, beta = torch.stack([(h[j] + h2[j]).double(), b.double()]).tolist()
+        self.alpha.append(alpha)
+        self.beta.append(beta)
+        self.scale = max(self.scale, abs(alpha), beta)
+        threshold = _policy.BREAKDOWN * math.sqrt(self.d) * self.eps * self.scale
+        self.invariant = beta <= threshold or self.size == self.d
+        if not self.invariant:
+            self.V[j + 1] = w / beta
+        return True
+
+    def _eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.size
+        if self._eig is None or self._eig[0] != m:
+            T = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
+            if m > 1:
+                off = torch.tensor(self.beta[: m - 1], dtype=torch.float64)
+                T += torch.diag(off, 1) + torch.diag(off, -1)
+            values, vectors = torch.linalg.eigh(T)
+            self._eig = (m, values, vectors)
+        return self._eig[1], self._eig[2]
+
+    def value(self, i: int) -> float:
+        """Ritz value i of T_m (0 = the smallest)."""
+        return self._eigh()[0][i].item()
+
+    def count_below(self, x: float) -> int:
+        """Number of Ritz values below x."""
+        return int((self._eigh()[0] < x).sum())
+
+    def ritz(self, i: int) -> Ritz:
+        values, vectors = self._eigh()
+        m = self.size
+        s = vectors[:, i]
+        bound = 0.0 if self.invariant else self.beta[m - 1] * abs(s[m - 1].item())
+        return Ritz(i, m, values[i].item(), bound, s)
+
+    def ritz_vector(self, r: Ritz, dtype: torch.dtype) -> torch.Tensor:
+        """y = V^T s, unit, accumulated in float64, returned in ``dtype``."""
+        s = r.s.to(self.V.device)
+        y = s @ self.V[: r.m].double()
+        return (y / torch.linalg.vector_norm(y)).to(dtype)
+
+
+@lru_cache(maxsize=16)
+def _pseudo_random_unit64(d: int) -> torch.Tensor:
+    z = np.arange(d, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    p = (z >> np.uint64(11)).astype(np.float64) * (2.0 / 9007199254740992.0) - 1.0
+    return torch.from_numpy(p / np.sqrt((p * p).sum()))
+
+
+def pseudo_random_unit(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The CPU kernel's deterministic start vector (splitmix64 of the index): no RNG state."""
+    return _pseudo_random_unit64(d).to(device=device, dtype=dtype)
+
+
+class Acceptance:
+    """A Ritz value is accepted only when its error bound meets tol at two consecutive
+    steps, a cheap guard against accepting a value that is about to move (a start vector
+    nearly orthogonal to the wanted eigenvector makes Lanczos settle on a neighbour first)."""
+
+    def __init__(self) -> None:
+        self.last_ok = -2
+
+    def __call__(self, ok: bool, m: int) -> bool:
+        accept = ok and self.last_ok == m - 1
+        if ok:
+            self.last_ok = m
+        return accept
+
+
+def rounding_floor(lz: Lanczos) -> float:
+    """Float64 rounding in the Krylov basis perturbs every Ritz value by about eps times the
+    largest Ritz magnitude, even once the space is invariant: a floor under the bound."""
+    return (
+        _policy.FLOOR_SLACK
+        * torch.finfo(torch.float64).eps
+        * max(abs(lz.value(0)), abs(lz.value(lz.size - 1)))
+    )

@@ -1,0 +1,90 @@
+"""Which implementation serves the ``torch.ops.condnum`` ops: native kernels or portable.
+
+The portable implementation is registered once for ``CompositeExplicitAutograd``, so it
+serves every device without a kernel of its own (CUDA in a CPU-only build, MPS, XPU);
+the meta device keeps the fake kernels. A *backend* then decides, for the devices that do
+have native kernels, which one runs:
+
+- ``"native"``: the C++ kernels (CPU, and CUDA when built with it);
+- ``"portable"``: the portable implementation on every device;
+- ``"auto"`` (the default): native on the CPU, portable on CUDA, whose kernels have not yet
+  been verified on hardware.
+
+The choice comes from ``CONDNUM_BACKEND`` (``auto``, ``native`` or ``portable``) at import
+time and from ``condnum.backend(name)`` as a context manager. It overrides the dispatcher's
+kernel for the CPU/CUDA keys (``torch.library.Library.impl(..., allow_override=True)``;
+leaving it destroys that registration, which restores the C++ kernel), so it is
+process-wide, not thread-local: switch between calls, never while another thread runs a
+condnum op. Compiled graphs call the op through the dispatcher and follow the switch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from condnum.portable import eigh, products, regularizers
+
+BACKENDS = ("auto", "native", "portable")
+ENV = "CONDNUM_BACKEND"
+
+#: op name -> portable implementation.
+IMPLEMENTATIONS = {
+    "gram": products.gram,
+    "covariance": products.covariance,
+    "extreme_eigh": eigh.extreme_eigh,
+    "top_eigh": eigh.top_eigh,
+    "r_ill": regularizers.r_ill,
+    "_r_ill_backward": regularizers.r_ill_backward,
+    "r_well": regularizers.r_well,
+    "_r_well_backward": regularizers.r_well_backward,
+}
+
+_composite = torch.library.Library("condnum", "IMPL")
+for _name, _fn in IMPLEMENTATIONS.items():
+    _composite.impl(_name, _fn, "CompositeExplicitAutograd")
+
+_active = "native"
+_override: torch.library.Library | None = None
+
+
+def _overridden_keys(name: str) -> list[str]:
+    """The dispatch keys whose native kernels the portable implementation replaces."""
+    cuda = ["CUDA"] if torch.ops.condnum._built_with_cuda() else []
+    return {"native": [], "auto": cuda, "portable": ["CPU", *cuda]}[name]
+
+
+def check_name(name: object, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"condnum.backend: {where} must be one of {BACKENDS}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def activate(name: str) -> None:
+    """Makes ``name`` the active backend (process-wide)."""
+    global _active, _override
+    check_name(name, "the backend")
+    if _override is not None:
+        _override._destroy()  # the C++ kernels serve these keys again
+        _override = None
+    keys = _overridden_keys(name)
+    if keys:
+        _override = torch.library.Library("condnum", "IMPL")
+        with warnings.catch_warnings():
+            # torch warns (once) that a registered kernel is being overridden: that is the point
+            warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
+            warnings.filterwarnings("ignore", message="Warning only once for all operators")
+            for key in keys:
+                for op_name, fn in IMPLEMENTATIONS.items():
+                    _override.impl(op_name, fn, key, allow_override=True)
+    _active = name
+
+
+def active() -> str:
+    return _active
+
+
+def activate_from_environment() -> None:
+    activate(check_name(os.environ.get(ENV, "auto"), f"${ENV}"))

@@ -1,0 +1,230 @@
+"""The bottom of the numerical range by shift-and-invert Lanczos in float64, portable.
+
+Usually through a Cholesky factor of S + tau I, tau = max(rtol, TAU_D_EPS d eps64) lam_max
+(``torch.linalg.cholesky_ex``, solves by ``torch.cholesky_solve``): eigenvalues below the
+threshold rtol * lam_max map to the top of that spectrum, (1/(2 tau), 1/tau], so the wanted
+one is the largest Ritz value theta whose lam = 1/theta - tau exceeds the threshold. When
+the spectrum reaches down near a threshold well above rounding level, an LDL^T factor of
+S - rtol lam_max I (``torch.linalg.ldl_factor_ex``) is used instead: the wanted eigenvalue
+is then the top of the positive part. The same decisions as the CPU kernel.
+
+Host synchronisation: one copy per factorisation (its info) and per Lanczos step.
+Cost: d^3/3 (the factorisation) + O(m d^2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from condnum import _policy
+from condnum._ops import _fail
+from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, rounding_floor
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+@dataclass
+class Bottom:
+    lam: float = math.nan
+    u: torch.Tensor | None = None  # float64
+    err: float = math.inf  # relative error bound
+    converged: bool = False
+    crowded: bool = False  # many Ritz values just below the threshold: the target is interior
+    steps: int = 0
+    interior: bool = False  # some Ritz values map below the threshold
+    floor_limited: bool = False  # rounding (rounding_floor) alone exceeds tol
+
+
+def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
+    A = W.double().clone()
+    A.diagonal().add_(shift)
+    return A
+
+
+def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
+    """(L, tau): the lower Cholesky factor of S + tau I. A Gram matrix built in S's dtype may
+    be indefinite by rounding, down to indefinite_floor * lam_max: tau grows 10x per failed
+    factorisation up to that level before S is declared indefinite."""
+    max_tau = max(tau, _policy.indefinite_floor(W.dtype) * lam_max)
+    while True:
+        L, info = torch.linalg.cholesky_ex(_shifted64(W, tau))
+        if info.item() == 0:
+            return L, tau
+        if not tau < max_tau:
+            _fail(
+                "extreme_eigh",
+                "S must be positive semi-definite, but the Cholesky factorisation of "
+                f"S + tau*I failed for tau up to {tau:g} (lam_max = {lam_max:g})",
+            )
+        tau *= 10
+
+
+def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
+    """Lanczos on (S + tau I)^{-1}; the wanted Ritz value is the largest one whose
+    lam = 1/theta - tau is above the threshold."""
+    L, tau = _cholesky(W, lam_max, tau)
+    d = W.shape[0]
+    threshold = rtol * lam_max
+    mu_threshold = 1.0 / (threshold + tau)
+    detect_crowding = tau <= 8 * threshold
+    lz = Lanczos(
+        lambda v: torch.cholesky_solve(v[:, None], L)[:, 0], d, num_iters, torch.float64, W.device
+    )
+    lz.start(start)
+
+    def wanted() -> int:
+        return lz.count_below(mu_threshold) - 1
+
+    def error(r: Ritz) -> float:  # |d lam| = |d theta| / theta^2
+        bound = max(0.0 if lz.invariant else r.bound, rounding_floor(lz))
+        return bound / (r.value * r.value) / (1.0 / r.value - tau)
+
+    converged = crowded = False
+    ok = Acceptance()
+    last_above = -1  # Ritz values above the wanted one at the previous step
+    while lz.step():
+        m = lz.size
+        if m < _policy.FIRST_CHECK and lz.can_step:
+            continue
+        i = wanted()
+        if i < 0:
+            continue
+        r = lz.ritz(i)
+        same = m - 1 - i == last_above
+        last_above = m - 1 - i
+        # An invariant space ends the run, converged only if rounding allows.
+        if (lz.invariant and error(r) <= tol) or ok(error(r) <= tol and same, m):
+            converged = True
+            break
+        if lz.invariant:
+            break
+        # Ritz values above mu_threshold are eigenvalues below the threshold; when several
+        # map close below it, the wanted one is deep inside the Krylov spectrum: give up
+        # early for the LDL^T route (not for a wide shift, which maps a null space there).
+        if (
+            detect_crowding
+            and m >= 16
+            and m - 1 - i >= 4
+            and lz.value(i + 1) < 4 * mu_threshold / 3
+        ):
+            crowded = True
+            break
+    out = Bottom(crowded=crowded, steps=lz.size)
+    i = wanted()
+    if i < 0:
+        return out
+    r = lz.ritz(i)
+    out.interior = i < lz.size - 1
+    out.lam = 1.0 / r.value - tau
+    out.u = lz.ritz_vector(r, torch.float64)
+    out.err = error(r)
+    out.converged = converged or out.err <= tol
+    out.floor_limited = rounding_floor(lz) / (r.value * r.value) / out.lam > tol
+    return out
+
+
+def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
+    """Lanczos on (S - sigma I)^{-1}, sigma = the threshold, through an LDL^T factor:
+    eigenvalues above sigma map to the positive part, the wanted one to its top."""
+    d = W.shape[0]
+    sigma = rtol * lam_max
+    out = Bottom()
+    LD, pivots, info = torch.linalg.ldl_factor_ex(_shifted64(W, -sigma), hermitian=True)
+    if info.item() != 0:  # an eigenvalue equals sigma: keep Cholesky's answer
+        return out
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.ldl_solve(LD, pivots, v[:, None], hermitian=True)[:, 0]
+
+    lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
+    lz.start(start)
+
+    def error(r: Ritz) -> float:
+        bound = max(0.0 if lz.invariant else r.bound, rounding_floor(lz))
+        return bound / (r.value * r.value) / (sigma + 1.0 / r.value)
+
+    converged = False
+    ok = Acceptance()
+    while lz.step():
+        m = lz.size
+        if m < _policy.FIRST_CHECK and lz.can_step:
+            continue
+        r = lz.ritz(m - 1)
+        if r.value > 0 and error(r) <= tol and (lz.invariant or ok(True, m)):
+            converged = True
+            break
+    r = lz.ritz(lz.size - 1)
+    out.steps = lz.size
+    if r.value <= 0:
+        return out
+    out.lam = sigma + 1.0 / r.value
+    out.u = lz.ritz_vector(r, torch.float64)
+    out.err = error(r)
+    out.converged = converged or out.err <= tol
+    return out
+
+
+def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_range) -> Bottom:
+    """The bottom of the numerical range. theta0: plain Lanczos' bottom Ritz value (an upper
+    bound on the smallest eigenvalue); theta_range: its smallest Ritz value above the
+    threshold (an estimate of the wanted eigenvalue)."""
+    start64 = start.double()
+    d = W.shape[0]
+    threshold = rtol * lam_max
+    # Shifting to the threshold itself pays when the spectrum reaches down near it (the
+    # wanted eigenvalue is then the top of the positive part); when the threshold is at
+    # rounding level or far below theta0, Cholesky of S + tau I is cheaper and as good.
+    near_threshold = (
+        threshold > 8.0 * d * EPS64 * lam_max
+        and theta0 < 16.0 * threshold
+        and theta0 > threshold / 64.0
+    )
+    ldl_ok = W.device.type in ("cpu", "cuda")  # torch.linalg.ldl_factor's devices
+    out = Bottom()
+    tried_ldl = False
+    if near_threshold and ldl_ok:
+        out = ldl_bottom(W, lam_max, rtol, tol, num_iters, start64)
+        tried_ldl = True
+    if not out.converged:
+        tau = max(rtol, _policy.TAU_D_EPS * d * EPS64) * lam_max
+        chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau)
+        # A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at
+        # that scale can swamp it: shift by ~lam / 4 instead (one more factorisation).
+        if chol.floor_limited or math.isnan(chol.lam):
+            guess = chol.lam if chol.lam > 4 * tau else theta_range
+            if guess > 4 * tau:
+                wide = cholesky_bottom(
+                    W,
+                    lam_max,
+                    rtol,
+                    tol,
+                    num_iters,
+                    chol.u if chol.u is not None else start64,
+                    0.25 * guess,
+                )
+                if not math.isnan(wide.lam) and (
+                    math.isnan(chol.lam) or wide.converged or wide.err < chol.err
+                ):
+                    chol = wide
+        if (
+            ldl_ok
+            and not tried_ldl
+            and (chol.crowded or (not chol.converged and chol.interior and rtol > 0))
+        ):
+            start_ldl = chol.u if chol.u is not None else start64
+            alt = ldl_bottom(W, lam_max, rtol, tol, num_iters, start_ldl)
+            if not math.isnan(alt.lam) and (alt.converged or not chol.converged):
+                chol = alt
+        if math.isnan(out.lam) or chol.converged or chol.err < out.err:
+            out = chol
+    if math.isnan(out.lam):
+        _fail(
+            "extreme_eigh",
+            f"found no eigenvalue above rtol * lam_max (rtol = {rtol:g}) in {out.steps} "
+            "shift-and-invert Lanczos steps: S is numerically zero, rtol is too large, or "
+            f"num_iters = {num_iters} is too small",
+        )
+    return out
