@@ -32,8 +32,14 @@ CLASSES = 3
 #: which RIll rejects today ("k exceeds the number of eigenvalues"); pretrained ImageNet
 #: features on real images do not.
 TINY = {
-    "resnet18": {"layers": [1, 1, 1, 1], "channels": [D] * 4, "stem_width": D,
-                 "zero_init_last": False, "act_layer": "leaky_relu", "output_stride": 8},
+    "resnet18": {
+        "layers": [1, 1, 1, 1],
+        "channels": [D] * 4,
+        "stem_width": D,
+        "zero_init_last": False,
+        "act_layer": "leaky_relu",
+        "output_stride": 8,
+    },
     "vit_b_16": {"img_size": SIZE, "patch_size": 8, "embed_dim": D, "depth": 2, "num_heads": 2},
 }
 #: Settings that make the run tiny (the paper's config otherwise): 3 steps of 2 x 16 images.
@@ -97,7 +103,8 @@ def _args(arch: str, data_dirs, weights, out: Path, *extra: str) -> list[str]:
     return ["immunize", "imagenet", "--arch", arch, "--imagenet", str(data_dirs["imagenet"]),
             "--harmful", "cars", "--harmful-data", str(data_dirs["harmful"]),
             "--weights", str(weights[arch]), "--out", str(out),
-            "--model-kwargs", json.dumps({**TINY[arch], "num_classes": CLASSES}), *FAST, *extra]  # fmt: skip
+            "--model-kwargs", json.dumps({**TINY[arch], "num_classes": CLASSES}),
+            *FAST, *extra]  # fmt: skip
 
 
 def _tiny(arch: str, path: Path) -> torch.nn.Module:
@@ -151,7 +158,9 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(data_dirs, weigh
     common = ("--no-augment", "--checkpoint-every", "1")
     assert main(_args(arch, data_dirs, weights, straight, "--max-steps", "4", *common)) == 0
     assert main(_args(arch, data_dirs, weights, resumed, "--max-steps", "2", *common)) == 0
-    assert main(_args(arch, data_dirs, weights, resumed, "--max-steps", "4", "--resume", *common)) == 0
+    assert (
+        main(_args(arch, data_dirs, weights, resumed, "--max-steps", "4", "--resume", *common)) == 0
+    )
     a = torch.load(straight / "immunized.pt", weights_only=True)
     b = torch.load(resumed / "immunized.pt", weights_only=True)
     for key in a:

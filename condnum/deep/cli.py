@@ -37,15 +37,20 @@ def _model_kwargs(text: str) -> dict:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", required=True, choices=ARCH_CHOICES,
-                   help="timm resnet18 or vit_base_patch16_224")  # fmt: skip
+    p.add_argument(
+        "--arch", required=True, choices=ARCH_CHOICES, help="timm resnet18 or vit_base_patch16_224"
+    )
     p.add_argument("--harmful", required=True, choices=HARMFUL)
     p.add_argument("--harmful-data", required=True,
-                   help="harmful set folder: DIR/{train,test}/<class>/* or torchvision's layout")  # fmt: skip
+                   help="DIR/{train,test}/<class>/* or torchvision's layout")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
-                   help="JSON passed to timm.create_model (e.g. a smaller model for smoke runs)")  # fmt: skip
+    p.add_argument(
+        "--model-kwargs",
+        type=_model_kwargs,
+        default=None,
+        help="JSON for timm.create_model (e.g. a small model for smoke runs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

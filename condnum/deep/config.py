@@ -11,7 +11,9 @@ Nesterov, weight decay 2e-5 on the head only, label smoothing 0.1, constant lear
 | ViT-B/16 / Country211    | 2      | 32    | 5e-6  | 1e-6  | 1e8   |
 
 ``batch`` is the global batch of each set per step (primary and harmful); with ``W``
-data-parallel ranks each takes ``batch / W``.
+data-parallel ranks each takes ``batch / W``. ``k`` (the ``k`` of ``R_ill``/``R_well``)
+defaults to the feature dimension d; a batch of N < d features has only N nonzero
+eigenvalues, and ``k = N`` keeps ``D(S) = ||S||_F^2/(2k) - sigma_min^2/2`` positive.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RunConfig:
     lr: float
     lam_p: float
     lam_h: float
+    k: int | None = None  # k of R_ill / R_well; None: the feature dimension d
     momentum: float = 0.9
     nesterov: bool = True
     head_weight_decay: float = 2e-5
@@ -68,7 +71,7 @@ class RunConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        for name in ("max_steps", "eval_limit", "rir_full_group_size"):
+        for name in ("k", "max_steps", "eval_limit", "rir_full_group_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
@@ -83,7 +86,7 @@ PAPER_CONFIGS: dict[str, RunConfig] = {
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 #: The fields that determine the training trajectory (a resumed run must match them).
-TRAINING_FIELDS = ("epochs", "batch", "lr", "lam_p", "lam_h", "momentum", "nesterov",
+TRAINING_FIELDS = ("epochs", "batch", "lr", "lam_p", "lam_h", "k", "momentum", "nesterov",
                    "head_weight_decay", "label_smoothing", "image_size", "augment")  # fmt: skip
 
 

@@ -65,7 +65,9 @@ def _image_folder(root: Path, tf: Callable, what: str, layout: str):
     try:
         ds = ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, RuntimeError) as err:
-        raise FileNotFoundError(f"{what}: {root} is malformed ({err}); expected layout: {layout}") from err
+        raise FileNotFoundError(
+            f"{what}: {root} is malformed ({err}); expected layout: {layout}"
+        ) from err
     return ds
 
 
@@ -99,4 +101,3 @@ def harmful_split(name: str, root: str | Path, split: str, tf: Callable):
                 f"{HARMFUL_LAYOUT}"
             ) from err
     raise FileNotFoundError(f"{what}: no {split!r} split found; expected layout: {HARMFUL_LAYOUT}")
-

@@ -25,8 +25,17 @@ import torch
 from condnum.deep.probe import extract_features, probe_features
 from condnum.metrics import rir_features
 
-__all__ = ["EvalSizes", "ModelMeasures", "attack", "eval_sizes", "harmful_features", "measure_model", "rir_protocols",
-           "rows_for", "seeded_rows"]
+__all__ = [
+    "EvalSizes",
+    "ModelMeasures",
+    "attack",
+    "eval_sizes",
+    "harmful_features",
+    "measure_model",
+    "rir_protocols",
+    "rows_for",
+    "seeded_rows",
+]
 
 PROTOCOLS = ("groups_of_100", "groups_of_2d")
 RULES = ("paper", "relative")
@@ -77,8 +86,9 @@ def rir_protocols(
     return {
         protocol: {
             rule: dataclasses.asdict(
-                rir_features(Z_P0, Z_PI, Z_H0, Z_HI, groups=groups, group_size=size,
-                             seed=seed, rule=rule)  # fmt: skip
+                rir_features(
+                    Z_P0, Z_PI, Z_H0, Z_HI, groups=groups, group_size=size, seed=seed, rule=rule
+                )  # fmt: skip
             )
             for rule in RULES
         }
@@ -113,7 +123,9 @@ def measure_model(
 ) -> ModelMeasures:  # fmt: skip
     """Top-1 on the first ``sizes.top1`` val rows (features kept for the pool) and the
     harmful features."""
-    (Z_P, logits), y = extract_features(forward, sets["val"], rows["val"], desc="ImageNet val", **kw)
+    (Z_P, logits), y = extract_features(
+        forward, sets["val"], rows["val"], desc="ImageNet val", **kw
+    )
     top1 = float((logits[: sizes.top1].argmax(1) == y[: sizes.top1]).double().mean())
     return ModelMeasures(top1, Z_P[: sizes.rir_pool], *harmful_features(features, sets, rows, **kw))
 

@@ -150,7 +150,9 @@ def _module(model: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def trainable_parameters(model: nn.Module, arch: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def trainable_parameters(
+    model: nn.Module, arch: str
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Freeze ``model`` except the last block and the head; return (block, head) parameters."""
     model.requires_grad_(False)
     block = _module(model, ARCHS[arch].last_block).requires_grad_(True)

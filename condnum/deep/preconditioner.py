@@ -40,7 +40,9 @@ def _check_covariance(K: torch.Tensor, D: int) -> None:
         raise ValueError("K contains NaN or Inf")
 
 
-def ridge_inverse_apply(G: torch.Tensor, K: torch.Tensor, ridge: float = DEFAULT_RIDGE) -> torch.Tensor:
+def ridge_inverse_apply(
+    G: torch.Tensor, K: torch.Tensor, ridge: float = DEFAULT_RIDGE
+) -> torch.Tensor:
     """``G (K + rho I)^-1`` with ``rho = ridge * trace(K) / D``; ``G`` (..., D), ``K`` (D, D).
 
     Symmetric ``K``, so this is also ``((K + rho I)^-1 G^T)^T``. Solved by Cholesky in
@@ -83,7 +85,7 @@ def precondition(W: torch.Tensor, K: torch.Tensor, ridge: float = DEFAULT_RIDGE)
 
 
 class KInversePreconditioner(nn.Module):
-    """The dummy layer for ``nn.Linear``: ``weight``'s gradient is ``(K + rho I)^-1``-preconditioned.
+    """The dummy layer for ``nn.Linear``: ``weight``'s gradient times ``(K + rho I)^-1``.
 
     ``KInversePreconditioner.attach(linear, ridge)`` registers the module as a
     parametrization of ``linear.weight`` and a forward pre-hook that stores

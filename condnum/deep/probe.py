@@ -65,7 +65,9 @@ def extract_features(
     outs: list[list[torch.Tensor]] = []
     labels = []
     for x, y in tqdm(loader, desc=desc, disable=not progress):
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        with torch.autocast(
+            device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+        ):
             out = forward(x.to(device, non_blocking=True))
         out = out if isinstance(out, tuple) else (out,)
         outs.append([o.float().cpu() for o in out])

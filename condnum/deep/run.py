@@ -74,7 +74,10 @@ def run_imagenet(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    tf_train, tf_eval = data.transform(cfg.augment, cfg.image_size), data.transform(False, cfg.image_size)
+    tf_train, tf_eval = (
+        data.transform(cfg.augment, cfg.image_size),
+        data.transform(False, cfg.image_size),
+    )
     sets = {
         "train": data.imagenet_split(imagenet, "train", tf_train),
         "val": data.imagenet_split(imagenet, "val", tf_eval),
@@ -95,8 +98,13 @@ def run_imagenet(
 
     net = models.FeatureModel(model)
     theta_0 = copy.deepcopy(net).eval()
-    kw = dict(batch=EVAL_BATCH, device=device, workers=cfg.workers,
-              autocast=autocast_dtype(cfg.amp, device), progress=progress and rank == 0)  # fmt: skip
+    kw = dict(
+        batch=EVAL_BATCH,
+        device=device,
+        workers=cfg.workers,
+        autocast=autocast_dtype(cfg.amp, device),
+        progress=progress and rank == 0,
+    )
 
     block, head = models.trainable_parameters(model, arch)
     t0 = time.perf_counter()
@@ -128,8 +136,11 @@ def run_imagenet(
         "config_name": config_name,
         "config": dataclasses.asdict(cfg),
         "seed": seed,
-        "paths": {"imagenet": str(imagenet), "harmful_data": str(harmful_data),
-                  "weights": str(weights) if weights else "timm cache"},  # fmt: skip
+        "paths": {
+            "imagenet": str(imagenet),
+            "harmful_data": str(harmful_data),
+            "weights": str(weights) if weights else "timm cache",
+        },  # fmt: skip
         "RIR_theta0": paper["rir"],
         "i": paper["i"],
         "ii": paper["ii"],
@@ -142,13 +153,21 @@ def run_imagenet(
             "test_accuracy": {k: p.test_accuracy.tolist() for k, p in probes.items()},
         },
         "eval_sizes": dataclasses.asdict(sizes),
-        "training": {"steps": state.step, "skipped_steps": state.skipped,
-                     "history": state.history},  # fmt: skip
+        "training": {
+            "steps": state.step,
+            "skipped_steps": state.skipped,
+            "history": state.history,
+        },  # fmt: skip
         "world_size": dist.get_world_size() if group is not None else 1,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "wall_time_s": {"train": t_train, "evaluate": t_eval,
-                        "total": time.perf_counter() - t_start},  # fmt: skip
+        "wall_time_s": {
+            "train": t_train,
+            "evaluate": t_eval,
+            "total": time.perf_counter() - t_start,
+        },  # fmt: skip
         "resumed": resume,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -182,9 +201,14 @@ def run_probe(
     tf = data.transform(False, image_size)
     sets = {s: data.harmful_split(harmful, harmful_data, s, tf) for s in ("train", "test")}
     sets = {"harm_train": sets["train"], "harm_test": sets["test"]}
-    n_train, n_test = min(train_images, len(sets["harm_train"])), min(test_images, len(sets["harm_test"]))
-    rows = {"harm_train": evaluate.seeded_rows(len(sets["harm_train"]), n_train, seed + 2),
-            "harm_test": evaluate.seeded_rows(len(sets["harm_test"]), n_test, seed + 1)}  # fmt: skip
+    n_train, n_test = (
+        min(train_images, len(sets["harm_train"])),
+        min(test_images, len(sets["harm_test"])),
+    )
+    rows = {
+        "harm_train": evaluate.seeded_rows(len(sets["harm_train"]), n_train, seed + 2),
+        "harm_test": evaluate.seeded_rows(len(sets["harm_test"]), n_test, seed + 1),
+    }
     checkpoints = {"checkpoint": weights, **({"reference": reference} if reference else {})}
     curves = {}
     for name, path in checkpoints.items():

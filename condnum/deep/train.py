@@ -40,7 +40,7 @@ from condnum.deep.models import FeatureModel
 from condnum.deep.sampler import StreamSampler
 from condnum.immunize import ImmunizationLoss
 
-__all__ = ["TrainState", "autocast_dtype", "immunize_model"]
+__all__ = ["TrainState", "autocast_dtype", "immunization_loss", "immunize_model"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -89,6 +89,29 @@ def _load_checkpoint(path: Path, net: FeatureModel, opt, loss: nn.Module, meta: 
     return TrainState(**ckpt["state"])
 
 
+def immunization_loss(
+    model: nn.Module,
+    loss: ImmunizationLoss,
+    x_p: torch.Tensor,
+    y_p: torch.Tensor,
+    x_h: torch.Tensor,
+    *,
+    amp: torch.dtype | None = None,
+    label_smoothing: float = 0.1,
+) -> torch.Tensor:
+    """``CE_ls(head(Z_P), y_P) + lam_P R_well(Z_P) + lam_H R_ill(Z_H)`` from one forward.
+
+    ``model`` maps images to ``(Z, logits)`` (:class:`~condnum.deep.models.FeatureModel`,
+    possibly DDP-wrapped or compiled); the forward runs under ``autocast`` to ``amp``
+    when given; the regularizers see the (possibly bf16) features, accumulating in float32.
+    """
+    b = x_p.shape[0]
+    with torch.autocast(x_p.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        Z, logits = model(torch.cat([x_p, x_h]))
+    task = F.cross_entropy(logits[:b].float(), y_p, label_smoothing=label_smoothing)
+    return loss(task, Z[:b], Z[b:])
+
+
 def immunize_model(
     net: FeatureModel,
     block: list[nn.Parameter],
@@ -120,10 +143,10 @@ def immunize_model(
          {"params": head, "weight_decay": cfg.head_weight_decay}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
     )  # fmt: skip
-    loss = ImmunizationLoss(cfg.lam_p * world, cfg.lam_h * world, balance="fixed")
+    loss = ImmunizationLoss(cfg.lam_p * world, cfg.lam_h * world, k=cfg.k, balance="fixed")
     if process_group is not None:
-        loss.r_well = condnum.RWell(process_group=process_group)
-        loss.r_ill = condnum.RIll(process_group=process_group)
+        loss.r_well = condnum.RWell(cfg.k, process_group=process_group)
+        loss.r_ill = condnum.RIll(cfg.k, process_group=process_group)
     loss.to(device)
     path = out / CHECKPOINT
     meta = {"config": {k: getattr(cfg, k) for k in TRAINING_FIELDS}, "seed": seed, "world": world}
@@ -143,7 +166,9 @@ def immunize_model(
     model: nn.Module = net
     if process_group is not None:
         ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(net, device_ids=ids, process_group=process_group)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=ids, process_group=process_group
+        )
     if cfg.compile:
         model = torch.compile(model)
     amp = autocast_dtype(cfg.amp, device)
@@ -153,12 +178,10 @@ def immunize_model(
     batches = zip(*loaders, strict=False)
     while state.step < total:
         (x_p, y_p), (x_h, _) = next(batches)
-        x = torch.cat([x_p, x_h]).to(device, non_blocking=True)
-        y_p = y_p.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            Z, logits = model(x)
-        task = F.cross_entropy(logits[:b].float(), y_p, label_smoothing=cfg.label_smoothing)
-        total_loss = loss(task, Z[:b], Z[b:])
+        total_loss = immunization_loss(model, loss, x_p.to(device, non_blocking=True),
+                                       y_p.to(device, non_blocking=True),
+                                       x_h.to(device, non_blocking=True), amp=amp,
+                                       label_smoothing=cfg.label_smoothing)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         total_loss.backward()
         if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
