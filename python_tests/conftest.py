@@ -108,3 +108,12 @@ def data_dir() -> Path:
     if not DATA_DIR.exists():
         pytest.skip(f"shared data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers stall 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,6 +24,8 @@ from condnum.cli import main  # noqa: E402
 from condnum.deep import models  # noqa: E402
 from condnum.deep.config import PAPER_CONFIGS  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 16
 D = 16
 CLASSES = 3
@@ -64,15 +66,6 @@ def _images(root: Path, per_class: int, seed: int) -> None:
             Image.fromarray((255 * pixels).byte().permute(1, 2, 0).numpy()).save(
                 root / f"class{c}" / f"{i}.png"
             )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers stall 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
