@@ -107,12 +107,14 @@ def _tiny(arch: str, path: Path) -> torch.nn.Module:
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_command_end_to_end_writes_results_checkpoint_and_plots(arch, data_dirs, weights, tmp_path):
     out = tmp_path / "run"
-    assert main(_args(arch, data_dirs, weights, out)) == 0
+    amp = "bf16" if arch == "vit_b_16" else "off"  # the GPU default (bf16 autocast) on a CPU
+    assert main(_args(arch, data_dirs, weights, out, "--amp", amp)) == 0
     res = json.loads((out / "results.json").read_text())
 
     assert res["features_d"] == D and res["training"]["steps"] == 3
     assert len(res["training"]["history"]["r_ill"]) == 3
-    assert res["config"]["lam_h"] == 1e-4  # overridden; the rest is the paper's config
+    assert res["config"]["lam_h"] == 1e-4 and res["config"]["amp"] == amp  # overridden
+    # the rest is the paper's config
     assert res["config"]["epochs"] == PAPER_CONFIGS[f"{arch}-cars"].epochs
     for key in ("theta0", "immunized"):
         assert 0.0 <= res["imagenet_top1"][key] <= 1.0
