@@ -3,6 +3,9 @@
     condnum demo [--out DIR] [--quick]
     condnum immunize house-prices [--data PATH] --out DIR [--seed N]
     condnum immunize mnist [--data DIR] --out DIR [--pairs P:H,P:H,...]
+    condnum immunize imagenet --arch resnet18|vit_b_16 --imagenet DIR
+        --harmful cars|country211 --harmful-data DIR [--weights PATH] --out DIR
+    condnum probe-deep --arch A --weights CKPT --harmful H --harmful-data DIR --out DIR
 
 ``demo`` needs no download (scikit-learn's bundled 8x8 digits): it immunizes a linear
 extractor for a few (primary task, harmful task) pairs of digit classifications, prints
@@ -180,6 +183,7 @@ def _mnist(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from condnum.deep.cli import add_imagenet_parser, add_probe_parser
     from condnum.immunize.runs import DEFAULT_METHOD, HOUSE_PRICES_METHODS
 
     parser = argparse.ArgumentParser(prog="condnum", description=__doc__.split("\n\n")[0])
@@ -211,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="eigen-solves: compiled kernels or torch.linalg.eigvalsh")  # fmt: skip
     for p in (hp, mn):
         p.add_argument("--out", required=True, help="output folder")
+    add_imagenet_parser(which)
+    add_probe_parser(sub)
     return parser
 
 
@@ -219,8 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "immunize" and args.dataset == "mnist" and isinstance(args.pairs, str):
         args.pairs = _parse_mnist_pairs(args.pairs)
-    handler = {"demo": _demo, "house-prices": _house_prices, "mnist": _mnist}
-    key = args.command if args.command == "demo" else args.dataset
+    from condnum.deep.cli import imagenet_command, probe_command
+
+    handler = {"demo": _demo, "house-prices": _house_prices, "mnist": _mnist,
+               "imagenet": imagenet_command, "probe-deep": probe_command}  # fmt: skip
+    key = args.dataset if args.command == "immunize" else args.command
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # show ImmunizationWarning once, never as an error
         try:

@@ -180,7 +180,9 @@ class RIRResult:
     For a group average (:func:`rir_deep`), the ``kappa_*`` are means over groups and
     ``i``, ``ii``, ``rir`` are means of the per-group ratios (the authors' aggregation,
     so ``rir`` need not equal ``i / ii``); ``*_std`` are the standard deviations over
-    groups (None for a single measurement, ``groups == 0``).
+    groups (None for a single measurement, ``groups == 0``); ``group_kappas`` holds each
+    group's ``(kappa_H_ref, kappa_H_imm, kappa_P_ref, kappa_P_imm)`` (None for a single
+    measurement), from which every ratio above can be recomputed.
     """
 
     kappa_H_ref: float
@@ -196,6 +198,7 @@ class RIRResult:
     i_std: float | None = None
     ii_std: float | None = None
     rir_std: float | None = None
+    group_kappas: tuple[tuple[float, float, float, float], ...] | None = None
 
     def __str__(self) -> str:
         return format_report(self)
@@ -287,7 +290,7 @@ def _group_average(
     m = kappas.mean(dim=0).tolist()
     return RIRResult(
         *m, float(i.mean()), float(ii.mean()), float(ratio.mean()), rule, "theta0", groups,
-        std(i), std(ii), std(ratio),
+        std(i), std(ii), std(ratio), tuple(map(tuple, kappas.tolist())),
     )  # fmt: skip
 
 

@@ -59,7 +59,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from condnum import datasets
-from condnum.attack import ClassifierProbe, linear_probe_classifier
+from condnum.attack import ClassifierProbe
+from condnum.deep.probe import probe_features
 from condnum.immunize import ImmunizationLoss, train_immunized
 from condnum.metrics import RIRResult, format_report, rir_deep
 
@@ -234,10 +235,8 @@ def immunize(
 def attack(net: Net, task: Split, epochs: int) -> ClassifierProbe:
     """The bad actor: a softmax linear probe on frozen features, step ``1 / lambda_max``."""
     with torch.no_grad():
-        Z_tr, Z_te = net.features(task.X_train).double(), net.features(task.X_test).double()
-    Z1 = torch.cat([Z_tr, torch.ones(Z_tr.shape[0], 1, dtype=Z_tr.dtype)], dim=1)
-    lr = 1.0 / float(torch.linalg.eigvalsh(Z1.T @ Z1 / Z1.shape[0])[-1])
-    return linear_probe_classifier(Z_tr, task.y_train, Z_te, task.y_test, epochs=epochs, lr=lr)
+        Z_tr, Z_te = net.features(task.X_train), net.features(task.X_test)
+    return probe_features(Z_tr, task.y_train, Z_te, task.y_test, epochs=epochs)
 
 
 @dataclass(frozen=True)

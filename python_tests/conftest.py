@@ -115,6 +115,15 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers stall 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- implementations
 
 

@@ -61,3 +61,14 @@ def test_regularizer_parts_table(tmp_path):
         gg = row["gram_ms"] + row["gemm_ms"]
         assert row["floor_speedup"] == pytest.approx(row["reference_ms"] / gg)
         assert row["budget_3x_ms"] == pytest.approx(row["reference_ms"] / 3 - gg)
+
+
+def test_deep_step_benchmark_runs_and_saves(tmp_path):
+    """The deep pipeline's step benchmark (needs timm and torchvision, like the pipeline)."""
+    pytest.importorskip("torchvision", reason="the deep pipeline needs torchvision")
+    pytest.importorskip("timm", reason="the deep pipeline needs timm")
+    data = run("bench_deep_step.py", ["--threads", "1"], tmp_path / "deep.json")
+    assert {row["arch"] for row in data["rows"]} == {"resnet18", "vit_b_16"}
+    for row in data["rows"]:
+        assert row["step_ms"] > 0 and row["reg_ms"] > 0
+        assert row["reg_share"] == (row["step_ms"] - row["no_reg_ms"]) / row["step_ms"]

@@ -46,15 +46,6 @@ def _example(name: str) -> ModuleType:
     return sys.modules[name]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers stall 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 

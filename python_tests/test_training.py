@@ -30,13 +30,8 @@ FIXED_LAMBDAS = (1e-3, 30.0)
 LAMBDA_DRIFT = 1e3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one thread avoids oversubscription when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: Small matrices: one thread avoids oversubscription when the machine is shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits(dtype: torch.dtype):
