@@ -154,7 +154,7 @@ def _mnist(args: argparse.Namespace) -> int:
     from condnum import datasets
     from condnum.immunize import plots, runs
 
-    images, labels = datasets.load_mnist(args.data)
+    images, labels = datasets.load_mnist(args.data, pixels=args.pixels)
     out = Path(args.out)
     rir = torch.full((10, 10), math.nan, dtype=torch.float64)
     summary = {}
@@ -203,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     mn.add_argument("--data", default=None, help="folder with t10k-*-idx*-ubyte[.gz]")
     mn.add_argument("--pairs", type=_parse_mnist_pairs, default="all",
                     help="P:H,... (primary digit P, harmful H) or 'all' (90 pairs)")  # fmt: skip
+    mn.add_argument("--pixels", default="authors", choices=["authors", "unit"],
+                    help="authors: (p/255 - 0.1307)/0.3081 (default); unit: p/255")  # fmt: skip
     mn.add_argument("--init", default="whiten", choices=["whiten", "identity"])
     mn.add_argument("--whiten-rtol", type=float, default=1e-6, help="ridge of the whitening start")
     mn.add_argument("--steps", type=int, default=10)
