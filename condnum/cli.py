@@ -3,11 +3,13 @@
     condnum demo [--out DIR] [--quick]
     condnum immunize house-prices [--data PATH] --out DIR [--seed N]
     condnum immunize mnist [--data DIR] --out DIR [--pairs P:H,P:H,...]
+    condnum attack --extractor PATH --task house-prices|mnist|digits [--out DIR] ...
 
 ``demo`` needs no download (scikit-learn's bundled 8x8 digits): it immunizes a linear
 extractor for a few (primary task, harmful task) pairs of digit classifications, prints
 (i), (ii), RIR under both kappa rules and the attacker's steps to tolerance with and
-without immunization, and writes the attacker's convergence plots.
+without immunization, and writes the attacker's convergence plots. ``attack`` runs the
+attacker suite (:mod:`condnum.attack.suite`) against a saved extractor.
 """
 
 from __future__ import annotations
@@ -129,14 +131,66 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite(out, tasks, theta, bias, args, title: str) -> dict:
+    """Run the attacker suite on ``tasks``, print its tables, write JSON and the plot."""
+    from condnum.attack import tasks as attack_tasks
+
+    results = attack_tasks.run_tasks(tasks, theta, bias, budget=args.budget, tol=args.tol,
+                                     epochs=args.epochs, views=tuple(args.views))  # fmt: skip
+    payload = attack_tasks.write_suite(out, tasks, results, theta, bias, title=title)
+    for task, info in payload.items():
+        print(_kappa_line(task, info["kappa"]))
+        print(info["table"] + "\n")
+    print(f"attacker suite: wrote {out}/attack_suite.json, {out}/attack_convergence.png")
+    return payload
+
+
+def _kappa_line(task: str, k: dict) -> str:
+    """κ(ZᵀZ) raw → immunized under both rules, with the relative rule's ceiling."""
+    cells = []
+    for rule in ("paper", "relative"):
+        raw, imm = k["raw"][rule], k["immunized"][rule]
+        cells.append(f"{rule} rule {raw:.3g} → {imm:.3g}")
+    near = [w for w in ("raw", "immunized") if k[w]["relative_near_ceiling"]]
+    note = (f" (relative rule: {' and '.join(near)} near its measurable ceiling "
+            f"{k['relative_ceiling']:.0e})" if near else "")  # fmt: skip
+    return f"{task}: κ(ZᵀZ) raw → immunized: {'; '.join(cells)}{note}"
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from condnum import datasets
+    from condnum.attack import tasks as attack_tasks
+    from condnum.immunize import load_extractor
+
+    torch.set_num_threads(args.threads)
+    theta, bias = load_extractor(args.extractor)
+    if args.task == "house-prices":
+        tasks = attack_tasks.house_prices_tasks(datasets.load_house_prices(args.data))
+    elif args.task == "mnist":
+        images, labels = datasets.load_mnist(args.data, pixels=args.pixels)
+        tasks = attack_tasks.mnist_tasks(images, labels, *args.pair)
+    else:
+        images, labels = datasets.load_digits()
+        tasks = attack_tasks.digits_tasks(images, labels, *args.pairs[0])
+    t0 = time.perf_counter()
+    _suite(args.out, tasks, theta, bias, args, f"{args.task}: {args.extractor}")
+    print(f"({time.perf_counter() - t0:.1f} s, {torch.get_num_threads()} torch thread(s))")
+    return 0
+
+
 def _house_prices(args: argparse.Namespace) -> int:
     from condnum import datasets
+    from condnum.attack import tasks as attack_tasks
     from condnum.immunize import plots, runs
 
+    torch.set_num_threads(args.threads)
     pair = datasets.load_house_prices(args.data)
     o = runs.run_house_prices(pair, args.method, seed=args.seed, steps=args.steps,
                               backend=args.backend)  # fmt: skip
-    out = runs.write_outcome(args.out, o, {"seed": args.seed, "data": str(args.data or "default")})
+    tasks = attack_tasks.house_prices_tasks(pair)
+    suite = _suite(args.out, tasks, o.result.theta, o.result.bias, args, "House Prices")
+    out = runs.write_outcome(args.out, o, {"seed": args.seed, "data": str(args.data or "default"),
+                                           "attack_suite": suite})  # fmt: skip
     plots.plot_norm_ratios({"primary D_P (LotArea)": o.attacks["primary"],
                             "harmful D_H (SalePrice)": o.attacks["harmful"]},
                            out / "norm_ratio.png", title="House Prices: attacker")  # fmt: skip
@@ -146,7 +200,7 @@ def _house_prices(args: argparse.Namespace) -> int:
     print(_table(["rule", "(i)", "(ii)", "RIR"], cells))
     p = o.primary
     print(f"primary test MSE {p['test_loss']:.4f} (plain linear fit {p['plain_test_loss']:.4f}); "
-          f"wrote {out}/extractor.pt, results.json, norm_ratio.png")  # fmt: skip
+          f"wrote {out}/extractor.pt, results.json (+ suite), norm_ratio.png")  # fmt: skip
     return 0
 
 
@@ -179,7 +233,18 @@ def _mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_views(text: str) -> list[str]:
+    from condnum.attack import VIEWS
+
+    views = text.split(",")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown views {bad}: choose from {list(VIEWS)}")
+    return views
+
+
 def _parser() -> argparse.ArgumentParser:
+    from condnum.attack import VIEWS
     from condnum.immunize.runs import DEFAULT_METHOD, HOUSE_PRICES_METHODS
 
     parser = argparse.ArgumentParser(prog="condnum", description=__doc__.split("\n\n")[0])
@@ -213,6 +278,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="eigen-solves: compiled kernels or torch.linalg.eigvalsh")  # fmt: skip
     for p in (hp, mn):
         p.add_argument("--out", required=True, help="output folder")
+    att = sub.add_parser("attack", help="run the attacker suite against a saved extractor")
+    att.add_argument("--extractor", required=True, help="extractor.pt (theta, bias)")
+    att.add_argument("--task", required=True, choices=["house-prices", "mnist", "digits"])
+    att.add_argument("--data", default=None, help="train.csv or the MNIST folder")
+    att.add_argument("--pair", type=_parse_mnist_pairs, default=[(3, 8)],
+                     help="mnist: P:H, the pair the extractor was immunized for")  # fmt: skip
+    att.add_argument("--pixels", default="authors", choices=["authors", "unit"])
+    att.add_argument("--pairs", type=_parse_digit_pairs, default=[DEMO_PAIRS[0]],
+                     help="digits: a-b:c-d (primary a vs b, harmful c vs d)")  # fmt: skip
+    att.add_argument("--out", default="./condnum_attack_out", help="output folder")
+    for p in (hp, att):
+        p.add_argument("--budget", type=int, default=2000, help="gradient evaluations per run")
+        p.add_argument("--tol", type=float, default=1e-2, help="excess-loss tolerance")
+        p.add_argument("--epochs", type=int, default=100,
+                       help="classification: test accuracy after N evaluations")  # fmt: skip
+        p.add_argument("--views", type=_parse_views, default=list(VIEWS),
+                       help="comma-separated: released,standardized,whitened")  # fmt: skip
+        p.add_argument("--threads", type=int, default=1,
+                       help="torch threads (small matrices: more only add overhead)")  # fmt: skip
     return parser
 
 
@@ -221,8 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "immunize" and args.dataset == "mnist" and isinstance(args.pairs, str):
         args.pairs = _parse_mnist_pairs(args.pairs)
-    handler = {"demo": _demo, "house-prices": _house_prices, "mnist": _mnist}
-    key = args.command if args.command == "demo" else args.dataset
+    if args.command == "attack":
+        args.pair = args.pair[0]
+    handler = {"demo": _demo, "attack": _attack, "house-prices": _house_prices, "mnist": _mnist}
+    key = args.dataset if args.command == "immunize" else args.command
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # show ImmunizationWarning once, never as an error
         try:

@@ -40,12 +40,15 @@ from condnum.functional import condition_number
 __all__ = [
     "DEFAULT_RTOL",
     "PAPER_JITTER",
+    "RULES",
     "RIRResult",
     "format_report",
     "gram",
     "hessian",
     "kappa",
     "kappa_features",
+    "measurable_ceiling",
+    "near_ceiling",
     "rir",
     "rir_deep",
     "rir_features",
@@ -60,6 +63,21 @@ Backend = Literal["auto", "eigvalsh", "condnum"]
 DEFAULT_RTOL = 1e-12
 #: The jitter and threshold of the ``"paper"`` rule (the authors' ``lambda_diag``).
 PAPER_JITTER = 1e-6
+#: Both rules, in the order reports print them.
+RULES: tuple[Rule, ...] = ("paper", "relative")
+#: A relative-rule kappa within this factor of its ceiling ``1 / rtol`` is flagged.
+NEAR_CEILING = 1e-2
+
+
+def measurable_ceiling(rtol: float | None = None) -> float:
+    """``1 / rtol``: the largest kappa the ``"relative"`` rule can report (default rtol
+    :data:`DEFAULT_RTOL`, ceiling 1e12). A value near it may be a cut spectrum, not a kappa."""
+    return 1.0 / (DEFAULT_RTOL if rtol is None else rtol)
+
+
+def near_ceiling(k: float, rtol: float | None = None) -> bool:
+    """Whether a relative-rule kappa is at least ``NEAR_CEILING`` times its ceiling."""
+    return k >= NEAR_CEILING * measurable_ceiling(rtol)
 
 
 def hessian(Z: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,6 @@ __all__ = [
     "write_outcome",
 ]
 
-RULES = ("paper", "relative")
 #: The attacker's budget and tolerances: on the norm ratio ``||w_t - w*||^2 / ||w_0 - w*||^2``
 #: (the paper's Fig. 1) and on the excess loss ``(L(w_t) - L*) / (L(w_0) - L*)`` (the probe
 #: has captured 99% of what it can learn).
@@ -116,7 +115,8 @@ def measure(
 ) -> dict[str, RIRResult]:
     """RIR relative to the identity under both rules (float64 ``eigvalsh``)."""
     return {
-        rule: metrics.rir(X_P, X_H, theta, bias, rule=rule, backend="eigvalsh") for rule in RULES
+        rule: metrics.rir(X_P, X_H, theta, bias, rule=rule, backend="eigvalsh")
+        for rule in metrics.RULES
     }
 
 
