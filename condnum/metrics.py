@@ -39,6 +39,7 @@ from condnum.functional import condition_number
 
 __all__ = [
     "DEFAULT_RTOL",
+    "NEAR_CEILING",
     "PAPER_JITTER",
     "RULES",
     "RIRResult",
@@ -214,6 +215,14 @@ class RIRResult:
     i_std: float | None = None
     ii_std: float | None = None
     rir_std: float | None = None
+    rtol: float | None = None
+
+    @property
+    def near_ceiling(self) -> bool:
+        """Relative rule only: whether a kappa sits within :data:`NEAR_CEILING` of the
+        measurable ceiling ``1 / rtol``, where it may be the cut-off rather than a kappa."""
+        kappas = (self.kappa_H_ref, self.kappa_H_imm, self.kappa_P_ref, self.kappa_P_imm)
+        return self.rule == "relative" and any(near_ceiling(k, self.rtol) for k in kappas)
 
     def __str__(self) -> str:
         return format_report(self)
@@ -263,7 +272,7 @@ def rir(
     kH0, kP0 = k(X_H), k(X_P)
     kH1, kP1 = k(_features(X_H, theta, bias)), k(_features(X_P, theta, bias))
     i, ii = kH1 / kH0, kP1 / kP0
-    return RIRResult(kH0, kH1, kP0, kP1, i, ii, i / ii, rule, "identity")
+    return RIRResult(kH0, kH1, kP0, kP1, i, ii, i / ii, rule, "identity", rtol=rtol)
 
 
 def _group_average(
@@ -305,7 +314,7 @@ def _group_average(
     m = kappas.mean(dim=0).tolist()
     return RIRResult(
         *m, float(i.mean()), float(ii.mean()), float(ratio.mean()), rule, "theta0", groups,
-        std(i), std(ii), std(ratio),
+        std(i), std(ii), std(ratio), rtol,
     )  # fmt: skip
 
 
@@ -386,7 +395,8 @@ def _fmt(x: float, std: float | None = None) -> str:
 
 
 def format_report(results: RIRResult | Mapping[str, RIRResult], *, title: str = "") -> str:
-    """An aligned text table of one or several named :class:`RIRResult`."""
+    """An aligned text table of one or several named :class:`RIRResult`, with a note under
+    each relative-rule row whose kappa sits near the rule's measurable ceiling."""
     rows = {"": results} if isinstance(results, RIRResult) else dict(results)
     header = ["", "rule", "ref", "κ_H(ref)", "κ_H(θ)", "(i)↑", "κ_P(ref)", "κ_P(θ)", "(ii)↓",
               "RIR↑"]  # fmt: skip
@@ -399,6 +409,13 @@ def format_report(results: RIRResult | Mapping[str, RIRResult], *, title: str = 
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, r in rows.items():
+        if r.near_ceiling:
+            lines.append(
+                f"({name or 'this row'}: a κ is within {NEAR_CEILING:g}× of the relative rule's "
+                f"measurable ceiling 1/rtol = {measurable_ceiling(r.rtol):.0e}; it may be the "
+                "cut-off, not the spectrum)"
+            )
     groups = {r.groups for r in rows.values() if r.groups}
     if groups:
         lines.append(f"(κ and ratios averaged over {', '.join(map(str, sorted(groups)))} groups)")
