@@ -6,11 +6,13 @@
     condnum immunize imagenet --arch resnet18|vit_b_16 --imagenet DIR
         --harmful cars|country211 --harmful-data DIR [--weights PATH] --out DIR
     condnum probe-deep --arch A --weights CKPT --harmful H --harmful-data DIR --out DIR
+    condnum attack --extractor PATH --task house-prices|mnist|digits [--out DIR] ...
 
 ``demo`` needs no download (scikit-learn's bundled 8x8 digits): it immunizes a linear
 extractor for a few (primary task, harmful task) pairs of digit classifications, prints
 (i), (ii), RIR under both kappa rules and the attacker's steps to tolerance with and
-without immunization, and writes the attacker's convergence plots.
+without immunization, and writes the attacker's convergence plots. ``attack`` runs the
+attacker suite (:mod:`condnum.attack.suite`) against a saved extractor.
 """
 
 from __future__ import annotations
@@ -132,32 +134,83 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _house_prices(args: argparse.Namespace) -> int:
+def _suite(out, tasks, theta, bias, args, title: str) -> dict:
+    """Run the attacker suite on ``tasks``, print its tables, write JSON and the plot."""
+    from condnum.attack import tasks as attack_tasks
+
+    results = attack_tasks.run_tasks(tasks, theta, bias, budget=args.budget, tol=args.tol,
+                                     epochs=args.epochs, views=tuple(args.views))  # fmt: skip
+    payload = attack_tasks.write_suite(out, tasks, results, theta, bias, title=title)
+    for task, info in payload.items():
+        print(_kappa_line(task, info["kappa"]))
+        print(info["table"] + "\n")
+    print(f"attacker suite: wrote {out}/attack_suite.json, {out}/attack_convergence.png")
+    return payload
+
+
+def _kappa_line(task: str, k: dict) -> str:
+    """κ(ZᵀZ) raw → immunized under both rules, with the relative rule's ceiling."""
+    cells = []
+    for rule in ("paper", "relative"):
+        raw, imm = k["raw"][rule], k["immunized"][rule]
+        cells.append(f"{rule} rule {raw:.3g} → {imm:.3g}")
+    near = [w for w in ("raw", "immunized") if k[w]["relative_near_ceiling"]]
+    note = (f" (relative rule: {' and '.join(near)} near its measurable ceiling "
+            f"{k['relative_ceiling']:.0e})" if near else "")  # fmt: skip
+    return f"{task}: κ(ZᵀZ) raw → immunized: {'; '.join(cells)}{note}"
+
+
+def _attack(args: argparse.Namespace) -> int:
     from condnum import datasets
+    from condnum.attack import tasks as attack_tasks
+    from condnum.immunize import load_extractor
+
+    torch.set_num_threads(args.threads)
+    theta, bias = load_extractor(args.extractor)
+    if args.task == "house-prices":
+        tasks = attack_tasks.house_prices_tasks(datasets.load_house_prices(args.data))
+    elif args.task == "mnist":
+        images, labels = datasets.load_mnist(args.data, pixels=args.pixels)
+        tasks = attack_tasks.mnist_tasks(images, labels, *args.pair)
+    else:
+        images, labels = datasets.load_digits()
+        tasks = attack_tasks.digits_tasks(images, labels, *args.pairs[0])
+    t0 = time.perf_counter()
+    _suite(args.out, tasks, theta, bias, args, f"{args.task}: {args.extractor}")
+    print(f"({time.perf_counter() - t0:.1f} s, {torch.get_num_threads()} torch thread(s))")
+    return 0
+
+
+def _house_prices(args: argparse.Namespace) -> int:
+    from condnum import datasets, metrics
+    from condnum.attack import tasks as attack_tasks
     from condnum.immunize import plots, runs
 
+    torch.set_num_threads(args.threads)
     pair = datasets.load_house_prices(args.data)
     o = runs.run_house_prices(pair, args.method, seed=args.seed, steps=args.steps,
                               backend=args.backend)  # fmt: skip
-    out = runs.write_outcome(args.out, o, {"seed": args.seed, "data": str(args.data or "default")})
+    tasks = attack_tasks.house_prices_tasks(pair)
+    suite = _suite(args.out, tasks, o.result.theta, o.result.bias, args, "House Prices")
+    out = runs.write_outcome(args.out, o, {"seed": args.seed, "data": str(args.data or "default"),
+                                           "attack_suite": suite})  # fmt: skip
     plots.plot_norm_ratios({"primary D_P (LotArea)": o.attacks["primary"],
                             "harmful D_H (SalePrice)": o.attacks["harmful"]},
                            out / "norm_ratio.png", title="House Prices: attacker")  # fmt: skip
     if o.result.history.get("kappa_P"):
         plots.plot_kappa_history(o.result.history, out / "kappa.png", title=args.method)
-    cells = [[rule, _fmt(r.i), _fmt(r.ii), _fmt(r.rir)] for rule, r in o.rir.items()]
-    print(_table(["rule", "(i)", "(ii)", "RIR"], cells))
+    print(metrics.format_report(o.rir, title="RIR relative to the identity, both κ rules"))
     p = o.primary
     print(f"primary test MSE {p['test_loss']:.4f} (plain linear fit {p['plain_test_loss']:.4f}); "
-          f"wrote {out}/extractor.pt, results.json, norm_ratio.png")  # fmt: skip
+          f"wrote {out}/extractor.pt, results.json (+ suite), norm_ratio.png")  # fmt: skip
     return 0
 
 
 def _mnist(args: argparse.Namespace) -> int:
-    from condnum import datasets
+    from condnum import datasets, metrics
     from condnum.immunize import plots, runs
 
-    images, labels = datasets.load_mnist(args.data)
+    images, labels = datasets.load_mnist(args.data, pixels=args.pixels)
     out = Path(args.out)
     rir = torch.full((10, 10), math.nan, dtype=torch.float64)
     summary = {}
@@ -170,20 +223,37 @@ def _mnist(args: argparse.Namespace) -> int:
             rule: {"i": r.i, "ii": r.ii, "rir": r.rir} for rule, r in o.rir.items()
         }
         summary[f"{p}:{h}"]["seconds"] = o.seconds
-    ok = [k for k, v in summary.items() if v["paper"]["rir"] > 1 and v["paper"]["ii"] <= 1]
-    mean = sum(v["paper"]["rir"] for v in summary.values()) / len(summary)
+        summary[f"{p}:{h}"]["relative_near_ceiling"] = o.rir["relative"].near_ceiling
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if len(args.pairs) > 1:
         plots.plot_rir_heatmap(rir, out / "rir_heatmap.png", title="ln RIR (paper's κ rule)")
-    print(
-        f"{len(summary)} pairs: mean RIR {mean:.4g} (paper rule), {len(ok)} with RIR > 1 and "
-        f"(ii) <= 1; wrote {out}/pair_P_H/ (extractor.pt, results.json) and summary.json"
-    )
+    for rule in metrics.RULES:
+        ok = [k for k, v in summary.items() if v[rule]["rir"] > 1 and v[rule]["ii"] <= 1]
+        mean = sum(v[rule]["rir"] for v in summary.values()) / len(summary)
+        print(f"{len(summary)} pairs, {rule} κ rule: mean RIR {mean:.4g}, {len(ok)} with RIR > 1 "
+              "and (ii) <= 1")  # fmt: skip
+    near = sum(v["relative_near_ceiling"] for v in summary.values())
+    if near:
+        print(f"{near} pair(s) have a κ within {metrics.NEAR_CEILING:g}× of the relative rule's "
+              f"measurable ceiling {metrics.measurable_ceiling():.0e}: there (i) and RIR under "
+              "that rule may reflect the cut-off, not the spectrum")  # fmt: skip
+    print(f"wrote {out}/pair_P_H/ (extractor.pt, results.json) and summary.json")
     return 0
+
+
+def _parse_views(text: str) -> list[str]:
+    from condnum.attack import VIEWS
+
+    views = text.split(",")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown views {bad}: choose from {list(VIEWS)}")
+    return views
 
 
 def _parser() -> argparse.ArgumentParser:
     from condnum.deep.cli import add_imagenet_parser, add_probe_parser
+    from condnum.attack import VIEWS
     from condnum.immunize.runs import DEFAULT_METHOD, HOUSE_PRICES_METHODS
 
     parser = argparse.ArgumentParser(prog="condnum", description=__doc__.split("\n\n")[0])
@@ -207,6 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     mn.add_argument("--data", default=None, help="folder with t10k-*-idx*-ubyte[.gz]")
     mn.add_argument("--pairs", type=_parse_mnist_pairs, default="all",
                     help="P:H,... (primary digit P, harmful H) or 'all' (90 pairs)")  # fmt: skip
+    mn.add_argument("--pixels", default="authors", choices=["authors", "unit"],
+                    help="authors: (p/255 - 0.1307)/0.3081 (default); unit: p/255")  # fmt: skip
     mn.add_argument("--init", default="whiten", choices=["whiten", "identity"])
     mn.add_argument("--whiten-rtol", type=float, default=1e-6, help="ridge of the whitening start")
     mn.add_argument("--steps", type=int, default=10)
@@ -217,6 +289,25 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="output folder")
     add_imagenet_parser(which)
     add_probe_parser(sub)
+    att = sub.add_parser("attack", help="run the attacker suite against a saved extractor")
+    att.add_argument("--extractor", required=True, help="extractor.pt (theta, bias)")
+    att.add_argument("--task", required=True, choices=["house-prices", "mnist", "digits"])
+    att.add_argument("--data", default=None, help="train.csv or the MNIST folder")
+    att.add_argument("--pair", type=_parse_mnist_pairs, default=[(3, 8)],
+                     help="mnist: P:H, the pair the extractor was immunized for")  # fmt: skip
+    att.add_argument("--pixels", default="authors", choices=["authors", "unit"])
+    att.add_argument("--pairs", type=_parse_digit_pairs, default=[DEMO_PAIRS[0]],
+                     help="digits: a-b:c-d (primary a vs b, harmful c vs d)")  # fmt: skip
+    att.add_argument("--out", default="./condnum_attack_out", help="output folder")
+    for p in (hp, att):
+        p.add_argument("--budget", type=int, default=2000, help="gradient evaluations per run")
+        p.add_argument("--tol", type=float, default=1e-2, help="excess-loss tolerance")
+        p.add_argument("--epochs", type=int, default=100,
+                       help="classification: test accuracy after N evaluations")  # fmt: skip
+        p.add_argument("--views", type=_parse_views, default=list(VIEWS),
+                       help="comma-separated: released,standardized,whitened")  # fmt: skip
+        p.add_argument("--threads", type=int, default=1,
+                       help="torch threads (small matrices: more only add overhead)")  # fmt: skip
     return parser
 
 
@@ -227,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.pairs = _parse_mnist_pairs(args.pairs)
     from condnum.deep.cli import imagenet_command, probe_command
 
-    handler = {"demo": _demo, "house-prices": _house_prices, "mnist": _mnist,
+    if args.command == "attack":
+        args.pair = args.pair[0]
+    handler = {"demo": _demo, "attack": _attack, "house-prices": _house_prices, "mnist": _mnist,
                "imagenet": imagenet_command, "probe-deep": probe_command}  # fmt: skip
     key = args.dataset if args.command == "immunize" else args.command
     with warnings.catch_warnings():

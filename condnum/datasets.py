@@ -9,19 +9,22 @@ House Prices (Kaggle ``train.csv``, 1460 rows, 81 columns), the paper's split:
 - harmful ``D_H``: rows with ``MSZoning == "RL"`` (1151 rows), target ``SalePrice``;
 - features: the 79 columns that are neither target (``Id`` and ``MSZoning`` included),
   the same columns in file order for both sets, as in the authors' code;
-- preprocessing, per set over all its rows (309 / 1151), as the authors' code does it:
-  missing numerics (``NA`` or empty) -> 0 (or the set's mean); a column is categorical
-  when any value in the file is not a number, and is label-encoded with codes
-  ``0..n-1`` over the set's sorted distinct values, missing being its own value sorted
-  first; then every feature and the target standardised ``x -> (x - mean) / std``
-  (``std`` with ``ddof=1``; a constant column, such as ``MSZoning`` in ``D_H``, becomes
-  all zeros instead of NaN);
+- reading and preprocessing exactly as the authors' code: ``pd.read_csv`` (pandas >= 2,
+  whose defaults treat ``NA``, empty and ``None`` as missing: ``MasVnrType``'s ``None``
+  and ``NA`` become one category), then per set over all its rows (309 / 1151):
+  missing -> 0 (``fillna(0)``; numerics may take the set's mean instead); a column is
+  categorical when pandas does not parse it as numbers, and is label-encoded as
+  scikit-learn's ``LabelEncoder`` on ``astype(str)`` does it (codes ``0..n-1`` over the
+  set's sorted distinct strings; missing is ``"0"``, which sorts first); then every
+  feature and the target standardised ``x -> (x - mean) / std`` (pandas, ``ddof=1``; a
+  constant column, such as ``MSZoning`` in ``D_H``, becomes all zeros instead of NaN);
 - rows kept in file order: the first 200 train, the next 100 test.
 
-MNIST (IDX files) and scikit-learn's 8x8 digits give ``(images, labels)`` with pixels in
-[0, 1]; :func:`digit_pair_task` makes a binary task of two digits and
-:func:`digit_pair_sets` the authors' ordered pair (primary = one digit's images,
-harmful = the other's).
+MNIST (IDX files) gives ``(images, labels)`` with the authors' pixels
+``(p / 255 - 0.1307) / 0.3081`` (torchvision's ``ToTensor`` then ``Normalize``) or
+``p / 255``; scikit-learn's 8x8 digits have pixels in [0, 1]. :func:`digit_pair_task`
+makes a binary task of two digits and :func:`digit_pair_sets` the authors' ordered pair
+(primary = one digit's images, harmful = the other's).
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 import torch
 
 __all__ = [
     "FEATURES",
     "KAGGLE_COLUMNS",
+    "MNIST_MEAN",
+    "MNIST_STD",
     "Task",
     "TaskPair",
     "default_data_dir",
@@ -74,7 +81,6 @@ HARMFUL_TARGET = "SalePrice"
 FEATURES: tuple[str, ...] = tuple(
     c for c in KAGGLE_COLUMNS if c not in (PRIMARY_TARGET, HARMFUL_TARGET)
 )
-_MISSING = ("", "NA")  # Kaggle writes missing values as NA
 
 
 def default_data_dir() -> Path | None:
@@ -134,63 +140,58 @@ class TaskPair:
 # --------------------------------------------------------------------------- House Prices
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def _read_csv(path: Path) -> pd.DataFrame:
+    """``train.csv`` read the authors' way (``pd.read_csv`` defaults), after checking the file.
+
+    pandas >= 2 treats ``""``, ``"NA"`` and ``"None"`` (among others) as missing, so the
+    ``MasVnrType`` value ``None`` is missing here, like ``NA``. ``pd.read_csv`` pads a
+    short row silently, so the number of fields of every row is checked first.
+    """
     with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
+        fields = [len(row) for row in csv.reader(f) if row]
+    if not fields:
         raise ValueError(f"{path} is empty")
-    header, body = rows[0], [r for r in rows[1:] if r]
-    dupes = sorted({c for c in header if header.count(c) > 1})
-    if dupes:
-        raise ValueError(f"{path}: duplicated columns {dupes}")
+    for line, n in enumerate(fields[1:], start=2):
+        if n != fields[0]:
+            raise ValueError(f"{path}:{line}: {n} fields, the header has {fields[0]}")
+    df = pd.read_csv(path)
+    header = list(df.columns)
     missing = [c for c in KAGGLE_COLUMNS if c not in header]
     extra = [c for c in header if c not in KAGGLE_COLUMNS]
     if missing or extra:
         raise ValueError(
             f"{path} is not the Kaggle House Prices train.csv: missing columns {missing}, "
-            f"unexpected columns {extra}"
+            f"unexpected columns {extra} (pandas renames a repeated column X to X.1)"
         )
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise ValueError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-    return header, body
+    return df
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+def _encode(column: pd.Series, nan_fill: Literal["zero", "mean"]) -> np.ndarray:
+    """float64 values of one column of one set, as the authors' code computes them.
 
-
-def _encode(values: list[str], categorical: bool, nan_fill: Literal["zero", "mean"]) -> list[float]:
-    """Numbers for one column of one set.
-
-    Categorical: codes ``0..n-1`` over the sorted unique values present in this set, with
-    missing (``NA``/empty) its own category sorted first (the authors' ``fillna(0)`` then
-    ``LabelEncoder`` on strings, where ``"0"`` sorts before every Kaggle category).
-    Numeric: missing -> 0 (``nan_fill="zero"``, the authors') or the set's mean.
+    Categorical (a non-numeric dtype over the whole file): ``fillna(0)``, then
+    scikit-learn's ``LabelEncoder`` on ``astype(str)``, i.e. codes ``0..n-1`` over the
+    set's sorted distinct strings, missing becoming ``"0"``, which sorts before every
+    Kaggle category. Numeric: missing -> 0 (``nan_fill="zero"``, the authors') or the
+    set's mean.
     """
-    if categorical:
-        keys = [(True, v) if v not in _MISSING else (False, "") for v in values]
-        codes = {k: i for i, k in enumerate(sorted(set(keys)))}
-        return [float(codes[k]) for k in keys]
-    present = [float(v) for v in values if v not in _MISSING]
-    fill = 0.0 if nan_fill == "zero" or not present else math.fsum(present) / len(present)
-    return [fill if v in _MISSING else float(v) for v in values]
+    if not pd.api.types.is_numeric_dtype(column):
+        text = column.astype(object).fillna(0).astype(str).to_numpy()
+        return np.unique(text, return_inverse=True)[1].astype(np.float64)
+    fill = 0.0 if nan_fill == "zero" else column.mean()
+    return column.fillna(0.0 if pd.isna(fill) else fill).to_numpy(dtype=np.float64)
 
 
-def _standardize(a: torch.Tensor, rows: slice) -> torch.Tensor:
-    """``(a - mean) / std`` per column with statistics over ``a[rows]`` (``ddof=1``).
+def _standardize(frame: pd.DataFrame, rows: slice) -> pd.DataFrame:
+    """``(x - mean) / std`` per column (pandas, ``ddof=1``) with statistics over ``rows``.
 
     A column constant over those rows gets ``mean`` = its value and ``std = 1``, so it
     becomes exact zeros there (no NaN from ``0 / 0``, no rounding noise blown up).
     """
-    ref = a[rows]
-    constant = (ref == ref[0]).all(dim=0)
-    mean = torch.where(constant, ref[0], ref.mean(dim=0))
-    return (a - mean) / torch.where(constant, 1.0, ref.std(dim=0, correction=1))
+    ref = frame.iloc[rows]
+    constant = (ref == ref.iloc[0]).all()
+    mean = ref.mean().where(~constant, ref.iloc[0])
+    return (frame - mean) / ref.std().where(~constant, 1.0)
 
 
 def load_house_prices(
@@ -223,21 +224,14 @@ def load_house_prices(
     path = _resolve(path, "house_prices/train.csv", "House Prices")
     if path.is_dir():
         path = _resolve(path / "train.csv", "", "House Prices")
-    header, body = _read_csv(path)
-    col = {c: header.index(c) for c in KAGGLE_COLUMNS}
-    # a column is categorical when any present value in the whole file is not a number
-    categorical = {
-        c: any(r[col[c]] not in _MISSING and not _is_number(r[col[c]]) for r in body)
-        for c in KAGGLE_COLUMNS
-    }
+    df = _read_csv(path)
     for target in (PRIMARY_TARGET, HARMFUL_TARGET):
-        if categorical[target]:
+        if not pd.api.types.is_numeric_dtype(df[target]):
             raise ValueError(f"{path}: target column {target} is not numeric")
-
-    zoning = col["MSZoning"]
+    zoning = df["MSZoning"]
     sets = {
-        "primary": ([r for r in body if r[zoning] != "RL"], PRIMARY_TARGET),
-        "harmful": ([r for r in body if r[zoning] == "RL"], HARMFUL_TARGET),
+        "primary": (df[zoning != "RL"], PRIMARY_TARGET),
+        "harmful": (df[zoning == "RL"], HARMFUL_TARGET),
     }
     sizes = {name: len(rows) for name, (rows, _) in sets.items()}
     if min(sizes.values()) < n_train + n_test:
@@ -246,18 +240,15 @@ def load_house_prices(
             f"{sizes['harmful']}; the split needs {n_train + n_test} in each"
         )
 
-    def make(name: str, rows: list[list[str]], target: str) -> Task:
-        if any(r[col[target]] in _MISSING for r in rows):
+    def make(name: str, rows: pd.DataFrame, target: str) -> Task:
+        if bool(rows[target].isna().any()):
             raise ValueError(f"{path}: set {name} has missing {target} values")
-        X = torch.tensor(
-            [_encode([r[col[c]] for r in rows], categorical[c], nan_fill) for c in FEATURES],
-            dtype=torch.float64,
-        ).T
-        y = torch.tensor([float(r[col[target]]) for r in rows], dtype=torch.float64)
+        X = pd.DataFrame({c: _encode(rows[c], nan_fill) for c in FEATURES})
+        y = rows[[target]].reset_index(drop=True).astype(np.float64)
         ref = slice(None) if standardize_on == "set" else slice(0, n_train)
-        X, y = _standardize(X, ref), _standardize(y[:, None], ref)[:, 0]
+        X, y = (torch.tensor(_standardize(a, ref).to_numpy(np.float64)) for a in (X, y))
         tr, te = slice(0, n_train), slice(n_train, n_train + n_test)
-        return Task(name, X[tr], y[tr], X[te], y[te], FEATURES)
+        return Task(name, X[tr], y[tr, 0], X[te], y[te, 0], FEATURES)
 
     return TaskPair(*(make(f"house_prices/{name}", *spec) for name, spec in sets.items()))
 
@@ -302,8 +293,15 @@ def read_idx(path: str | Path, ndim: int) -> torch.Tensor:
     return data.reshape(shape)
 
 
+#: The authors' MNIST transform ``Normalize((0.1307,), (0.3081,))``: mean and std of the pixels.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
 def load_mnist(
-    path: str | Path | None = None, *, split: Literal["t10k", "train"] = "t10k"
+    path: str | Path | None = None,
+    *,
+    split: Literal["t10k", "train"] = "t10k",
+    pixels: Literal["authors", "unit"] = "authors",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST from its standard IDX files: ``(images, labels)``.
 
@@ -311,11 +309,16 @@ def load_mnist(
         path: folder holding ``{split}-images-idx3-ubyte[.gz]`` and
             ``{split}-labels-idx1-ubyte[.gz]``; default ``default_data_dir() / "mnist"``.
         split: file prefix; the shared folder holds the 10 000-image test set ``t10k``.
+        pixels: ``"authors"``: ``(p / 255 - 0.1307) / 0.3081``, the authors' transform
+            (``ToTensor()`` then ``Normalize((0.1307,), (0.3081,))``); ``"unit"``: ``p / 255``
+            in [0, 1]. Blank pixels are 0 under ``"unit"`` (null directions of ``X^T X``)
+            and -0.4242 under ``"authors"`` (one shared direction), which changes every kappa.
 
     Returns:
-        images: float64 (N, rows*cols), pixels scaled to [0, 1] (``/ 255``);
-        labels: int64 (N,), digits 0-9.
+        images: float64 (N, rows*cols); labels: int64 (N,), digits 0-9.
     """
+    if pixels not in ("authors", "unit"):
+        raise ValueError(f"pixels must be 'authors' or 'unit', got {pixels!r}")
     folder = _resolve(path, "mnist", "MNIST")
 
     def find(kind: str, ndim: int) -> Path:
@@ -331,7 +334,10 @@ def load_mnist(
         raise ValueError(f"MNIST: {images.shape[0]} images but {labels.shape[0]} labels")
     if labels.numel() and int(labels.max()) > 9:
         raise ValueError(f"MNIST: label {int(labels.max())} is not a digit")
-    return images.reshape(images.shape[0], -1).double() / 255.0, labels.long()
+    unit = images.reshape(images.shape[0], -1).double() / 255.0
+    if pixels == "authors":
+        return (unit - MNIST_MEAN) / MNIST_STD, labels.long()
+    return unit, labels.long()
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,13 +39,17 @@ from condnum.functional import condition_number
 
 __all__ = [
     "DEFAULT_RTOL",
+    "NEAR_CEILING",
     "PAPER_JITTER",
+    "RULES",
     "RIRResult",
     "format_report",
     "gram",
     "hessian",
     "kappa",
     "kappa_features",
+    "measurable_ceiling",
+    "near_ceiling",
     "rir",
     "rir_deep",
     "rir_features",
@@ -60,6 +64,21 @@ Backend = Literal["auto", "eigvalsh", "condnum"]
 DEFAULT_RTOL = 1e-12
 #: The jitter and threshold of the ``"paper"`` rule (the authors' ``lambda_diag``).
 PAPER_JITTER = 1e-6
+#: Both rules, in the order reports print them.
+RULES: tuple[Rule, ...] = ("paper", "relative")
+#: A relative-rule kappa within this factor of its ceiling ``1 / rtol`` is flagged.
+NEAR_CEILING = 1e-2
+
+
+def measurable_ceiling(rtol: float | None = None) -> float:
+    """``1 / rtol``: the largest kappa the ``"relative"`` rule can report (default rtol
+    :data:`DEFAULT_RTOL`, ceiling 1e12). A value near it may be a cut spectrum, not a kappa."""
+    return 1.0 / (DEFAULT_RTOL if rtol is None else rtol)
+
+
+def near_ceiling(k: float, rtol: float | None = None) -> bool:
+    """Whether a relative-rule kappa is at least ``NEAR_CEILING`` times its ceiling."""
+    return k >= NEAR_CEILING * measurable_ceiling(rtol)
 
 
 def hessian(Z: torch.Tensor) -> torch.Tensor:
@@ -199,6 +218,14 @@ class RIRResult:
     ii_std: float | None = None
     rir_std: float | None = None
     group_kappas: tuple[tuple[float, float, float, float], ...] | None = None
+    rtol: float | None = None
+
+    @property
+    def near_ceiling(self) -> bool:
+        """Relative rule only: whether a kappa sits within :data:`NEAR_CEILING` of the
+        measurable ceiling ``1 / rtol``, where it may be the cut-off rather than a kappa."""
+        kappas = (self.kappa_H_ref, self.kappa_H_imm, self.kappa_P_ref, self.kappa_P_imm)
+        return self.rule == "relative" and any(near_ceiling(k, self.rtol) for k in kappas)
 
     def __str__(self) -> str:
         return format_report(self)
@@ -248,7 +275,7 @@ def rir(
     kH0, kP0 = k(X_H), k(X_P)
     kH1, kP1 = k(_features(X_H, theta, bias)), k(_features(X_P, theta, bias))
     i, ii = kH1 / kH0, kP1 / kP0
-    return RIRResult(kH0, kH1, kP0, kP1, i, ii, i / ii, rule, "identity")
+    return RIRResult(kH0, kH1, kP0, kP1, i, ii, i / ii, rule, "identity", rtol=rtol)
 
 
 def _group_average(
@@ -290,7 +317,7 @@ def _group_average(
     m = kappas.mean(dim=0).tolist()
     return RIRResult(
         *m, float(i.mean()), float(ii.mean()), float(ratio.mean()), rule, "theta0", groups,
-        std(i), std(ii), std(ratio), tuple(map(tuple, kappas.tolist())),
+        std(i), std(ii), std(ratio), tuple(map(tuple, kappas.tolist())), rtol,
     )  # fmt: skip
 
 
@@ -371,7 +398,8 @@ def _fmt(x: float, std: float | None = None) -> str:
 
 
 def format_report(results: RIRResult | Mapping[str, RIRResult], *, title: str = "") -> str:
-    """An aligned text table of one or several named :class:`RIRResult`."""
+    """An aligned text table of one or several named :class:`RIRResult`, with a note under
+    each relative-rule row whose kappa sits near the rule's measurable ceiling."""
     rows = {"": results} if isinstance(results, RIRResult) else dict(results)
     header = ["", "rule", "ref", "κ_H(ref)", "κ_H(θ)", "(i)↑", "κ_P(ref)", "κ_P(θ)", "(ii)↓",
               "RIR↑"]  # fmt: skip
@@ -384,6 +412,13 @@ def format_report(results: RIRResult | Mapping[str, RIRResult], *, title: str = 
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, r in rows.items():
+        if r.near_ceiling:
+            lines.append(
+                f"({name or 'this row'}: a κ is within {NEAR_CEILING:g}× of the relative rule's "
+                f"measurable ceiling 1/rtol = {measurable_ceiling(r.rtol):.0e}; it may be the "
+                "cut-off, not the spectrum)"
+            )
     groups = {r.groups for r in rows.values() if r.groups}
     if groups:
         lines.append(f"(κ and ratios averaged over {', '.join(map(str, sorted(groups)))} groups)")

@@ -289,6 +289,7 @@ def run(
         "immunized": measure("immunized", "paper"),
         "immunized, relative κ rule": measure("immunized", "relative"),
         "no regularizers": measure("no regularizers", "paper"),
+        "no regularizers, relative κ rule": measure("no regularizers", "relative"),
     }
     tasks = {"harmful": harmful, "primary": primary}
     attacks = {

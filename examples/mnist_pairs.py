@@ -5,11 +5,12 @@
     python examples/mnist_pairs.py --quick               # 3 pairs, a minute or two
 
 For an ordered pair (P, H) the primary set is every MNIST test-set image of digit P, the
-harmful set every image of digit H (784 raw pixels in [0, 1]), as in the authors' code. A
-linear extractor theta (784 x 784) is immunized (whitening start + balanced Algorithm 1)
-and measured: (i), (ii), RIR under the paper's kappa rule and the relative rule, and the
-accuracy of a least-squares P-vs-rest classifier on immunized features against raw
-pixels. Writes the ln RIR heatmap (Fig. 2) and all numbers (JSON) to --out.
+harmful set every image of digit H (784 pixels, normalized as the authors' code does:
+(p/255 - 0.1307)/0.3081; --pixels unit for p/255). A linear extractor theta (784 x 784)
+is immunized (whitening start + balanced Algorithm 1) and measured: (i), (ii), RIR under
+the paper's kappa rule and the relative rule, and the accuracy of a least-squares
+P-vs-rest classifier on immunized features against raw pixels. Writes the ln RIR heatmap
+(Fig. 2) and all numbers (JSON) to --out.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--pairs", default="all", help="P:H,... or 'all' (90 ordered pairs)")
     ap.add_argument("--steps", type=int, default=10, help="balanced Algorithm 1 steps per pair")
     ap.add_argument("--whiten-rtol", type=float, default=1e-6)
+    ap.add_argument("--pixels", default="authors", choices=["authors", "unit"],
+                    help="authors: (p/255 - 0.1307)/0.3081, their transform (default); unit: p/255")
     ap.add_argument("--backend", default="condnum", choices=["condnum", "reference"])
     ap.add_argument("--compare-backends", action="store_true",
                     help="run every pair with both backends, report both wall times")  # fmt: skip
@@ -80,7 +83,7 @@ def main() -> None:
         pairs = [tuple(map(int, item.split(":"))) for item in args.pairs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images, labels = datasets.load_mnist(args.data)
+    images, labels = datasets.load_mnist(args.data, pixels=args.pixels)
     backends = ["condnum", "reference"] if args.compare_backends else [args.backend]
     print(f"MNIST: {len(pairs)} ordered pairs (full run: all 90), {args.steps} steps each, "
           f"whitening ridge {args.whiten_rtol:g}·λ_max, backends {backends}, "

@@ -65,7 +65,7 @@ def test_python_dash_m_help():
 def test_immunize_house_prices(data_dir, tmp_path):
     csv = data_dir / "house_prices" / "train.csv"
     argv = ["immunize", "house-prices", "--data", str(csv), "--out", str(tmp_path)]
-    assert main([*argv, "--steps", "20", "--seed", "3"]) == 0
+    assert main([*argv, "--steps", "20", "--seed", "3", "--budget", "300"]) == 0
     theta, bias = load_extractor(tmp_path / "extractor.pt")
     assert theta.shape == (79, 79) and bias is None
     res = json.loads((tmp_path / "results.json").read_text())
@@ -74,6 +74,12 @@ def test_immunize_house_prices(data_dir, tmp_path):
     assert set(res["rules"]) == {"paper", "relative"}
     assert res["primary"]["test_loss_ratio"] <= 1.1
     assert (tmp_path / "norm_ratio.png").exists()
+    suite = res["attack_suite"]
+    assert set(suite) == {"primary (LotArea)", "harmful (SalePrice)"}
+    for task in suite.values():
+        assert task["budget"] == 300 and "slowdown" in task["table"]
+        assert {"paper", "relative"} <= task["kappa"]["immunized"].keys()
+    assert (tmp_path / "attack_convergence.png").exists()
 
 
 @pytest.mark.data

@@ -7,8 +7,11 @@ import gzip
 import struct
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.preprocessing import LabelEncoder
 
 from condnum.datasets import (
     FEATURES,
@@ -117,6 +120,52 @@ def test_house_prices_deterministic():
     assert torch.equal(a.harmful.X_test, b.harmful.X_test)
 
 
+def authors_matrices(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The authors' preprocessing, written out independently with pandas and scikit-learn:
+    ``read_csv``, split on MSZoning, ``fillna(0)``, ``LabelEncoder`` on ``astype(str)`` for
+    every non-numeric column, then ``(x - mean) / std`` (constant columns -> 0)."""
+    df = pd.read_csv(path)
+    out = {}
+    for name, rows, target in (
+        ("primary", df[df["MSZoning"] != "RL"], "LotArea"),
+        ("harmful", df[df["MSZoning"] == "RL"], "SalePrice"),
+    ):
+        X = rows.drop(columns=["LotArea", "SalePrice"]).astype(object).fillna(0)
+        for c in X.columns:
+            if not pd.api.types.is_numeric_dtype(df[c]):
+                X[c] = LabelEncoder().fit_transform(X[c].astype(str))
+        X = X.astype(np.float64).reset_index(drop=True)
+        y = rows[[target]].astype(np.float64).reset_index(drop=True)
+        mats = []
+        for frame in (X, y):
+            std = frame.std()
+            constant = frame.nunique() == 1
+            mats.append(((frame - frame.mean().where(~constant, frame.iloc[0]))
+                         / std.where(~constant, 1.0)).to_numpy())  # fmt: skip
+        out[name] = (mats[0], mats[1][:, 0])
+    return out
+
+
+@pytest.mark.data
+@needs_house
+def test_house_prices_bit_for_bit_the_authors_matrices():
+    hp = load_house_prices(n_train=200, n_test=100)
+    ref = authors_matrices(HOUSE)
+    for name, task in (("primary", hp.primary), ("harmful", hp.harmful)):
+        X, y = ref[name]
+        assert torch.equal(task.X_train, torch.tensor(X[:200]))
+        assert torch.equal(task.X_test, torch.tensor(X[200:300]))
+        assert torch.equal(task.y_train, torch.tensor(y[:200]))
+        assert torch.equal(task.y_test, torch.tensor(y[200:300]))
+    # MasVnrType: the file's "None" is missing, one category with "NA", coded first (0)
+    raw = pd.read_csv(HOUSE, dtype=str, keep_default_na=False)
+    harmful = raw[raw["MSZoning"] == "RL"].reset_index(drop=True)
+    col = hp.harmful.X_train[:, FEATURES.index("MasVnrType")]
+    none_rows = torch.tensor((harmful["MasVnrType"][:200] == "None").to_numpy())
+    assert bool(none_rows.any())
+    assert float(col[none_rows].max()) == float(col.min())  # code 0, standardised
+
+
 # ----------------------------------------------------------------- House Prices, tiny csv
 
 CATEGORICAL = ("MSZoning", "Street", "Alley")
@@ -211,8 +260,15 @@ def test_csv_unexpected_column_and_ragged_row(tmp_path):
     lines = path.read_text().splitlines()
     lines[3] += ",surplus"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"r.csv:4: 82 fields"):
+    with pytest.raises(ValueError, match=r"r.csv:4: 82 fields, the header has 81"):
         load_house_prices(path, n_train=2, n_test=1)
+    lines[3] = lines[3].rsplit(",", 3)[0]  # three fields short: pandas would pad it
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"r.csv:4: 79 fields, the header has 81"):
+        load_house_prices(path, n_train=2, n_test=1)
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(ValueError, match=r"e.csv is empty"):
+        load_house_prices(tmp_path / "e.csv", n_train=2, n_test=1)
 
 
 def test_csv_too_few_rows_and_bad_arguments(tmp_path):
@@ -272,11 +328,21 @@ def tiny_mnist(folder: Path, gz: bool = True, n_labels: int = 5) -> torch.Tensor
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_roundtrip(tmp_path, gz):
     pixels = tiny_mnist(tmp_path, gz)
-    images, labels = load_mnist(tmp_path)
+    images, labels = load_mnist(tmp_path, pixels="unit")
     assert images.shape == (5, 6) and images.dtype == torch.float64
     torch.testing.assert_close(images.flatten(), pixels.double() / 255)
     assert float(images.max()) == 1.0 and float(images.min()) == 0.0
     assert labels.tolist() == [3, 1, 4, 1, 5] and labels.dtype == torch.int64
+
+
+def test_mnist_authors_normalization_is_the_default(tmp_path):
+    """ToTensor() then Normalize((0.1307,), (0.3081,)), computed here from the bytes."""
+    pixels = tiny_mnist(tmp_path)
+    images, _ = load_mnist(tmp_path)
+    expected = (pixels.double() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(images.flatten(), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pixels must be"):
+        load_mnist(tmp_path, pixels="zscore")
 
 
 def test_idx_bad_magic_size_and_count(tmp_path):
@@ -304,9 +370,11 @@ def test_mnist_missing_files(tmp_path):
 @pytest.mark.data
 @needs_mnist
 def test_mnist_test_set():
-    images, labels = load_mnist()
+    images, labels = load_mnist(pixels="unit")
     assert images.shape == (10000, 784) and labels.shape == (10000,)
     assert 0.0 <= float(images.min()) and float(images.max()) == 1.0
+    normalized, _ = load_mnist()
+    assert abs(float(normalized.mean())) < 0.02 and abs(float(normalized.std()) - 1) < 0.02
     assert sorted(set(labels.tolist())) == list(range(10))
     X_P, X_H = digit_pair_sets(images, labels, 3, 8)
     assert X_P.shape[0] == int((labels == 3).sum()) and X_H.shape == (int((labels == 8).sum()), 784)

@@ -15,6 +15,7 @@ from condnum.metrics import (
     hessian,
     kappa,
     kappa_features,
+    measurable_ceiling,
     rir,
     rir_deep,
     rir_features,
@@ -291,3 +292,16 @@ def test_report_is_an_aligned_table():
     assert lines[5] == "(κ and ratios averaged over 2 groups)"
     single = results["relative"]
     assert isinstance(single, RIRResult) and str(single) == format_report(single)
+
+
+def test_report_states_the_relative_rules_ceiling():
+    """A relative-rule kappa near 1/rtol is flagged (with the rtol used); the paper rule's
+    and a kappa far from the ceiling are not."""
+    X = torch.eye(4, dtype=F64)
+    theta = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-4], dtype=F64))  # kappa(H_H) = 1e8
+    flagged = rir(X, X, theta, rule="relative", rtol=1e-9)
+    assert flagged.near_ceiling and measurable_ceiling(1e-9) == pytest.approx(1e9)
+    assert "measurable ceiling 1/rtol = 1e+09" in format_report({"x": flagged})
+    assert not rir(X, X, theta, rule="relative").near_ceiling  # default ceiling 1e12
+    assert not rir(X, X, theta, rule="paper").near_ceiling
+    assert "ceiling" not in format_report(rir(X, X, theta, rule="relative"))

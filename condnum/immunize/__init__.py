@@ -8,7 +8,10 @@ Linear extractors (``theta`` (D_in, d), features ``X theta``):
   ``(K + rho I)^-1``);
 - :func:`immunize_linear_authors`: the authors' released code (affine extractor, Adam,
   mini-batches of 64, per-batch ridge on the other side of ``theta``);
-- :func:`opt_kappa`: the "Opt kappa" baseline.
+- :func:`opt_kappa`: the "Opt kappa" baseline;
+- :func:`orthogonal_mix`: rotate an immunized extractor's features at random, which keeps
+  every kappa and RIR and defeats the attacker's per-feature standardization and diagonal
+  preconditioners (Adam, RMSprop); the command line's House Prices default.
 
 Any ``nn.Module`` extractor: :class:`ImmunizationLoss` and :func:`train_immunized`.
 Measuring: :mod:`condnum.metrics` (RIR) and :mod:`condnum.attack` (the bad actor);
@@ -19,6 +22,7 @@ from condnum.immunize.algorithm1 import algorithm1, immunize_linear, initial_hea
 from condnum.immunize.authors import immunize_linear_authors
 from condnum.immunize.baselines import opt_kappa
 from condnum.immunize.control import ImmunizationWarning, StepControl, StepEvent
+from condnum.immunize.harden import orthogonal_mix, random_orthogonal
 from condnum.immunize.problem import LinearProblem, whitening
 from condnum.immunize.result import LinearImmunization, load_extractor, save_extractor
 from condnum.immunize.trainer import ImmunizationLoss, TrainResult, train_immunized
@@ -38,6 +42,8 @@ __all__ = [
     "load_extractor",
     "lstsq_head",
     "opt_kappa",
+    "orthogonal_mix",
+    "random_orthogonal",
     "save_extractor",
     "train_immunized",
     "whitening",

@@ -6,6 +6,7 @@ extractor, ``bias`` (d,); features are ``X @ theta + bias`` on the preprocessed 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,23 @@ def save_extractor(path: str | Path, theta: torch.Tensor, bias: torch.Tensor | N
 
 
 def load_extractor(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(theta, bias)`` from :func:`save_extractor`'s file (bias None when absent)."""
-    state = torch.load(Path(path), weights_only=True)
-    if not isinstance(state, dict) or "theta" not in state:
+    """``(theta, bias)`` from :func:`save_extractor`'s file (bias None when absent).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a readable extractor file, or ``theta``/``bias`` of the wrong shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"extractor: expected {path}, which does not exist")
+    try:
+        state = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not an extractor file (torch.load failed)") from err
+    if not isinstance(state, dict) or not isinstance(state.get("theta"), torch.Tensor):
         raise ValueError(f"{path} is not an extractor file (a dict with 'theta')")
-    return state["theta"], state.get("bias")
+    theta, bias = state["theta"], state.get("bias")
+    if theta.ndim != 2 or (bias is not None and bias.shape != (theta.shape[1],)):
+        shapes = (tuple(theta.shape), None if bias is None else tuple(bias.shape))
+        raise ValueError(f"{path}: theta must be (D_in, d) and bias (d,), got {shapes}")
+    return theta, bias

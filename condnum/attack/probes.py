@@ -1,4 +1,4 @@
-"""The bad actor: linear probing on frozen features by gradient descent.
+"""The paper's attacker: linear probing on frozen features by gradient descent.
 
 Immunization is meant to make this attack slow on the harmful task and leave it fast on
 the primary one. Two attackers:
