@@ -252,8 +252,8 @@ def _parse_views(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from condnum.deep.cli import add_imagenet_parser, add_probe_parser
     from condnum.attack import VIEWS
+    from condnum.deep.cli import add_imagenet_parser, add_probe_parser
     from condnum.immunize.runs import DEFAULT_METHOD, HOUSE_PRICES_METHODS
 
     parser = argparse.ArgumentParser(prog="condnum", description=__doc__.split("\n\n")[0])
