@@ -125,10 +125,10 @@ def test_inline_policy_values_equal_the_cpu_kernels():
     eigh = (CSRC / "cpu/extreme_eigh.cpp").read_text()
     tau = re.search(r"std::max\(rtol, ([0-9.]+) \* d \* std::numeric_limits", eigh).group(1)
     assert float(tau) == _policy.TAU_D_EPS
-    # R_ill's floor on D: kIllFloor, or inline in a kernel that still refuses D below it
+    # R_ill's floor on D
     regularizers = (CSRC / "cpu/regularizers.cpp").read_text()
-    floor = re.search(r"kIllFloor = ([0-9.]+);|D > (\d+) \* eps \* half_mean_sq", regularizers)
-    assert float(floor.group(1) or floor.group(2)) == _policy.ILL_FLOOR
+    floor = re.search(r"kIllFloor = ([0-9.]+);", regularizers)
+    assert float(floor.group(1)) == _policy.ILL_FLOOR
     # the indefiniteness test of plain Lanczos: -sqrt(eps) |lam_max|
     assert "lowest >= -std::sqrt(eps) * std::abs(top.value)" in eigh
     assert _policy.indefinite_floor(torch.float32) == torch.finfo(torch.float32).eps ** 0.5

@@ -4,7 +4,15 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <limits>
+
 namespace condnum {
+
+// Machine epsilon of the working dtype (float32 or float64).
+inline double eps_of(at::ScalarType t) {
+  return t == at::kFloat ? std::numeric_limits<float>::epsilon()
+                         : std::numeric_limits<double>::epsilon();
+}
 
 inline void check_matrix(const at::Tensor& t, const char* op, const char* arg,
                          bool allow_half = false) {

@@ -96,11 +96,6 @@ at::Tensor with_sign_convention(at::Tensor u) {
   return u[i].item<double>() < 0 ? -u : u;
 }
 
-double eps_of(at::ScalarType t) {
-  return t == at::kFloat ? std::numeric_limits<float>::epsilon()
-                         : std::numeric_limits<double>::epsilon();
-}
-
 // |error| / |value|, 0 for an exact zero (S = 0), inf for an unbounded error.
 double relative(double bound, double value) {
   if (bound == 0) return 0.0;

@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "cpu/checks.h"
 
@@ -54,11 +53,6 @@ at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double
 // D(S) is never taken below this many units of rounding of ||S||_F^2 / (2k).
 constexpr double kIllFloor = 64.0;
 
-double eps_of(const at::Tensor& S) {
-  return S.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
-                                       : std::numeric_limits<double>::epsilon();
-}
-
 // ||S||_F^2 as scale^2 * sum, refusing NaN/Inf.
 SquaredNorm checked_squared_norm(const at::Tensor& S, const char* op) {
   const auto n = squared_norm(S);
@@ -91,7 +85,8 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
   // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1), and lam_min from
   // outside the spectrum or k beyond the number of eigenvalues can make it negative: D is
   // floored at the rounding level of ||S||_F^2 / (2k), so R_ill stays finite (and large).
-  const double D = std::max(half_mean_sq - 0.5 * lam * lam, kIllFloor * eps_of(S) * half_mean_sq);
+  const double floor = kIllFloor * eps_of(S.scalar_type()) * half_mean_sq;
+  const double D = std::max(half_mean_sq - 0.5 * lam * lam, floor);
   return scalar_like(1.0 / D / n.scale / n.scale, S);
 }
 
