@@ -281,12 +281,6 @@ def perturbed(S: torch.Tensor, eps: float = 1e-3, seed: int = 1) -> torch.Tensor
     return ((out + out.T) / 2).to(dtype=S.dtype, device=S.device)
 
 
-def reference_extremes(S: torch.Tensor, rtol: float) -> tuple[float, float]:
-    """(lam_min over the numerical range, lam_max) by float64 eigvalsh on the CPU."""
-    ev = torch.linalg.eigvalsh(S.detach().double().cpu())
-    return ev[ev > rtol * ev[-1]][0].item(), ev[-1].item()
-
-
 def rel_err(a: float, b: float) -> float:
     return abs(a - b) / abs(b) if b != 0 else abs(a - b)
 

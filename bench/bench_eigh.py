@@ -32,6 +32,7 @@ import _harness as H
 import torch
 
 from condnum import functional as F
+from condnum import reference
 
 SPECTRA = [
     ("geometric", 1e2),
@@ -46,11 +47,6 @@ QUICK_SPECTRA = [("geometric", 1e2), ("geometric", 1e6), ("wishart", float("nan"
 METHODS = ["ours", "ours_warm", "ours_top", "eigvalsh", "eigh", "lobpcg", "eigsh"]
 #: Accuracy the design bars ask for (relative, vs float64 eigvalsh).
 BAR_TOL = {torch.float32: 1e-3, torch.float64: 1e-4}
-
-
-def in_range_min(ev: torch.Tensor, rtol: float) -> float:
-    ev = ev.double()
-    return ev[ev > rtol * ev.max()].min().item()
 
 
 def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str]):
@@ -72,12 +68,12 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     if "eigvalsh" in methods:
         out["eigvalsh"] = (
             lambda: torch.linalg.eigvalsh(S),
-            lambda ev: (in_range_min(ev, rtol), ev.max().item()),
+            lambda ev: (reference.smallest_in_range(ev.double(), rtol).item(), ev[-1].item()),
         )
     if "eigh" in methods:
         out["eigh"] = (
             lambda: torch.linalg.eigh(S),
-            lambda r: (in_range_min(r[0], rtol), r[0].max().item()),
+            lambda r: (reference.smallest_in_range(r[0].double(), rtol).item(), r[0][-1].item()),
         )
     if "lobpcg" in methods:
         ltol = tol if tol is not None else F.DEFAULT_TOL[S.dtype]
@@ -153,7 +149,7 @@ def main() -> None:
             for kind, kappa in spectra:
                 S = H.matrix(kind, d, kappa, dtype, device)
                 rtol = F.default_rtol(S)
-                ref_min, ref_max = H.reference_extremes(S, rtol)
+                ref_min, ref_max = reference.float64_extremes(S, rtol)
                 tol = BAR_TOL[dtype] if args.tol == "bar" else None
                 base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023
                 with warnings.catch_warnings():

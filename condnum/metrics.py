@@ -35,6 +35,7 @@ from typing import Literal
 
 import torch
 
+from condnum import reference
 from condnum.functional import condition_number
 
 __all__ = [
@@ -169,10 +170,7 @@ def kappa(
         return 1.0
     if backend in ("auto", "condnum"):
         return float(condition_number(S, rtol=rtol))
-    ev = torch.linalg.eigvalsh(S)
-    if not ev[-1] > 0:
-        raise ValueError("S has no positive eigenvalue (is S zero?)")
-    return float(ev[-1] / ev[ev > rtol * ev[-1]][0])
+    return float(reference.condition_number(S, rtol))
 
 
 def kappa_features(

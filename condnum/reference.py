@@ -17,7 +17,9 @@ import torch
 
 __all__ = [
     "default_rtol",
+    "smallest_in_range",
     "extreme_eigvals",
+    "float64_extremes",
     "condition_number",
     "r_ill",
     "r_well",
@@ -27,6 +29,22 @@ __all__ = [
 def default_rtol(S: torch.Tensor) -> float:
     """``d * eps(dtype)``: eigenvalues below ``rtol * sigma_max`` count as numerically zero."""
     return S.shape[-1] * torch.finfo(S.dtype).eps
+
+
+def smallest_in_range(ev: torch.Tensor, rtol: float) -> torch.Tensor:
+    """The numerical range's ``sigma_min``: the smallest of the ascending eigenvalues ``ev``
+    above ``rtol * ev[-1]`` (differentiable in that eigenvalue, not in the threshold).
+
+    Raises:
+        ValueError: no positive eigenvalue, or none above the threshold.
+    """
+    lam_max = ev[-1].detach()
+    if not lam_max > 0:
+        raise ValueError("S has no positive eigenvalue (is S zero?)")
+    in_range = ev[ev > rtol * lam_max]
+    if in_range.numel() == 0:
+        raise ValueError("S has no eigenvalue above rtol * sigma_max")
+    return in_range[0]
 
 
 def extreme_eigvals(
@@ -39,11 +57,16 @@ def extreme_eigvals(
     """
     rtol = default_rtol(S) if rtol is None else rtol
     ev = torch.linalg.eigvalsh(S)
-    lam_max = ev[-1]
-    in_range = ev[ev > rtol * lam_max.detach()]
-    if in_range.numel() == 0:
-        raise ValueError("S has no eigenvalue above rtol * sigma_max (is S zero?)")
-    return in_range[0], lam_max
+    return smallest_in_range(ev, rtol), ev[-1]
+
+
+def float64_extremes(S: torch.Tensor, rtol: float | None = None) -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` of ``S`` by float64 ``eigvalsh`` on the CPU, as floats.
+
+    The oracle of the tests and benchmarks: :func:`extreme_eigvals` of ``S`` in float64.
+    """
+    lam_min, lam_max = extreme_eigvals(S.detach().double().cpu(), rtol)
+    return lam_min.item(), lam_max.item()
 
 
 def condition_number(S: torch.Tensor, rtol: float | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import condnum
+from condnum import reference
 
 #: Requested relative accuracy of extreme eigenvalues (condnum.functional.DEFAULT_TOL),
 #: times a slack for the error-bound estimate and the input's rounding.
@@ -98,10 +99,12 @@ def log_spectrum(d: int, kappa: float, seed: int) -> torch.Tensor:
     return ev
 
 
-def reference_extremes(S: torch.Tensor, rtol: float) -> tuple[float, float]:
-    """(lam_min over the numerical range, lam_max) of S by float64 eigvalsh."""
-    ev = torch.linalg.eigvalsh(S.double())
-    return ev[ev > rtol * ev[-1]][0].item(), ev[-1].item()
+def eigvalsh_lam_min_error(S: torch.Tensor, rtol: float, lam_min64: float) -> float:
+    """Relative error of plain ``eigvalsh`` in S's dtype (float32 for half types) on the
+    bottom of the numerical range: the baseline a kernel's error is measured against."""
+    S = S.float() if S.dtype in (torch.float16, torch.bfloat16) else S
+    lam_min = reference.smallest_in_range(torch.linalg.eigvalsh(S.cpu()), rtol)
+    return rel_err(lam_min.item(), lam_min64)
 
 
 def rel_err(a: float, b: float) -> float:

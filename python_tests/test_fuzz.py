@@ -39,10 +39,10 @@ from conftest import (
     EIG_RTOL,
     TORCH_BASELINE_MULTIPLE,
     VALUE_RTOL,
+    eigvalsh_lam_min_error,
     fuzz_settings,
     is_hardening_long,
     log_spectrum,
-    reference_extremes,
     rel_err,
     spd_from_spectrum,
 )
@@ -155,12 +155,6 @@ def _call(fn, *args, **kwargs):
 def _eig_tol(dtype: torch.dtype, bound: float | None) -> float:
     """Allowed relative error of an extreme eigenvalue; a convergence warning's bound loosens it."""
     return EIG_RTOL[dtype] if bound is None else max(EIG_RTOL[dtype], 2 * bound)
-
-
-def _torch_lam_min_error(S: torch.Tensor, rtol: float, lam_min64: float) -> float:
-    """Relative error of plain eigvalsh in S's dtype on the bottom of the numerical range."""
-    ev = torch.linalg.eigvalsh(S.float() if S.dtype in HALF else S)
-    return rel_err(ev[ev > rtol * ev[-1]][0].item(), lam_min64)
 
 
 #: README, Limitations: single-vector Lanczos may settle on a neighbour of an extreme
@@ -431,11 +425,11 @@ def test_extreme_eigh_fuzz(case, layout):
     for t, shape in ((lam_min, ()), (lam_max, ()), (u_min, (d,)), (u_max, (d,))):
         assert t.shape == shape and t.dtype == dtype
     rtol_eff = reference.default_rtol(S) if rtol is None else rtol
-    ref_min, ref_max = reference_extremes(S, rtol_eff)
+    ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     tol = _eig_tol(dtype, bound)
     if rel_err(lam_max.item(), ref_max) > tol:
         _assert_documented_neighbour(S, lam_max.item(), ref_max, tol)
-    baseline = TORCH_BASELINE_MULTIPLE * _torch_lam_min_error(S, rtol_eff, ref_min)
+    baseline = TORCH_BASELINE_MULTIPLE * eigvalsh_lam_min_error(S, rtol_eff, ref_min)
     if rel_err(lam_min.item(), ref_min) > max(tol, baseline):
         _assert_documented_neighbour(S, lam_min.item(), ref_min, tol)
     for lam, u in ((lam_min, u_min), (lam_max, u_max)):
@@ -562,7 +556,7 @@ def test_denormal_entries_are_ordinary_values(d, dtype, n_entries, layout, seed)
         )
         S[i, j] = S[j, i] = DENORMAL[dtype]
     (lam_min, lam_max, _, _), bound = _call(F.extreme_eigh, relayout(S, layout), rtol=1e-4)
-    ref_min, ref_max = reference_extremes(S, 1e-4)
+    ref_min, ref_max = reference.float64_extremes(S, 1e-4)
     assert rel_err(lam_max.item(), ref_max) <= _eig_tol(dtype, bound)
     assert rel_err(lam_min.item(), ref_min) <= _eig_tol(dtype, bound)
 
@@ -590,7 +584,7 @@ def test_stride_zero_and_overlapping_views(d, dtype, log_c, kind, seed, impl):
         S, rtol = moments.to(dtype).as_strided((d, d), (1, 1)), 1e-3
     out, bound = _call(F.extreme_eigh, S, rtol=rtol)
     _assert_identical(out, _call(F.extreme_eigh, S.contiguous(), rtol=rtol)[0])
-    ref_min, ref_max = reference_extremes(S, rtol)
+    ref_min, ref_max = reference.float64_extremes(S, rtol)
     assert rel_err(out[1].item(), ref_max) <= _eig_tol(dtype, bound)
     assert rel_err(out[0].item(), ref_min) <= _eig_tol(dtype, bound)
     lam_top, u_top = _call(F.top_eigh, S)[0]
@@ -656,10 +650,10 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
     d, dtype = S.shape[0], S.dtype
     k = max(1, round(k_factor * d))
     rtol_eff = reference.default_rtol(S) if rtol is None else rtol
-    ref_min, ref_max = reference_extremes(S, rtol_eff)
+    ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     hms = S.double().square().sum().item() / (2 * k)
     lam_tol = max(
-        EIG_RTOL[dtype], TORCH_BASELINE_MULTIPLE * _torch_lam_min_error(S, rtol_eff, ref_min)
+        EIG_RTOL[dtype], TORCH_BASELINE_MULTIPLE * eigvalsh_lam_min_error(S, rtol_eff, ref_min)
     )
 
     floored = _floored_reference(S, rtol_eff)
@@ -731,7 +725,7 @@ def test_modules_on_features_fuzz(case, which, layout, impl):
     # plain float32/float64 eigvalsh on the Gram in the working dtype sets the attainable accuracy
     Zs = Z.to(s_dtype)
     ev = torch.linalg.eigvalsh(Zs.T @ Zs if n >= d else Zs @ Zs.T)
-    torch_err = rel_err(ev[ev > rtol_eff * ev[-1]][0].item(), lam_min)
+    torch_err = rel_err(reference.smallest_in_range(ev, rtol_eff).item(), lam_min)
     lam_tol = max(EIG_RTOL[s_dtype], TORCH_BASELINE_MULTIPLE * torch_err)
     if layout == "transposed-view":
         view = Z.T.contiguous().T
@@ -1101,7 +1095,7 @@ def test_eigensolvers_at_extreme_scales(dtype, scale, device):
         S = torch.diag(torch.linspace(1, 3, 6, dtype=f64) * scale).to(dtype)
     else:
         S = spd_from_spectrum(log_spectrum(20, 100.0, 0) * scale, 0, dtype)
-    ref_min, ref_max = reference_extremes(S, 1e-3)
+    ref_min, ref_max = reference.float64_extremes(S, 1e-3)
     S = S.to(device)
     try:
         lam_min, lam_max, _, _ = F.extreme_eigh(S, rtol=1e-3)
@@ -1210,7 +1204,7 @@ def test_rank_deficient_float64_with_the_default_rtol(case, device):
         g = torch.Generator().manual_seed(0)
         Z = torch.randn(8, 115, generator=g, dtype=f64)
         S = Z.T @ Z
-    ref_min, _ = reference_extremes(S, reference.default_rtol(S))
+    ref_min, _ = reference.float64_extremes(S, reference.default_rtol(S))
     lam_min, _, _, _ = F.extreme_eigh(S.to(device))
     assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]
 
@@ -1238,7 +1232,7 @@ def test_a_one_step_budget_warns_instead_of_blaming_S(device):
 def test_clustered_bottom_float32(device):
     """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=9)."""
     S = spd_from_spectrum(log_spectrum(175, 100.0, 1), 1, f32)
-    ref_min, _ = reference_extremes(S, 1e-3)
+    ref_min, _ = reference.float64_extremes(S, 1e-3)
     lam_min, _, _, _ = F.extreme_eigh(S.to(device), rtol=1e-3)
     assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f32]
 
@@ -1268,7 +1262,7 @@ def test_rank_deficient_float64_converges_within_d_steps(device):
     ev = log_spectrum(57, 10**0.00390625, 0)
     ev[2:7] = 0.0
     S = spd_from_spectrum(ev, 0, f64)
-    ref_min, _ = reference_extremes(S, reference.default_rtol(S))
+    ref_min, _ = reference.float64_extremes(S, reference.default_rtol(S))
     (lam_min, _, _, _), bound = _call(F.extreme_eigh, S.to(device))
     assert bound is None
     assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]
