@@ -91,7 +91,7 @@ def immunize_linear_authors(
     b = ((torch.rand(D, generator=gen, dtype=torch.float64) * 2 - 1) * bound).requires_grad_()
     omega = torch.randn(D, generator=gen, dtype=torch.float64).requires_grad_()
     opt = torch.optim.Adam([W, b, omega], lr=lr)
-    ctrl = StepControl(lr, lr, min_step=lr * 1e-12, grow=1.0, max_retries=40)
+    ctrl = StepControl.for_lr(lr)
     hist: dict[str, list[float]] = {"loss": []}
     for epoch in tqdm(range(epochs), disable=not progress, desc="immunize (authors' mode)"):
         order = torch.randperm(n, generator=gen)
@@ -115,10 +115,8 @@ def immunize_linear_authors(
                 p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in (W, b)
             )
             if not (torch.isfinite(loss) and grads_ok):
-                ctrl.reject(epoch, reason if grads_ok else "non-finite gradient", severe=True)
-                for group in opt.param_groups:
-                    group["lr"] = ctrl.step
-                if ctrl.stalled:
+                reason = reason if grads_ok else "non-finite gradient"
+                if not ctrl.reject_optimizer_step(opt, epoch, reason):
                     break
                 continue
             opt.step()

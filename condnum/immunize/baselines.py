@@ -55,7 +55,7 @@ def opt_kappa(
         omega, intercept = (t.clone().requires_grad_(True) for t in head)
         params += [omega, intercept]
     opt = torch.optim.Adam(params, lr=lr)
-    ctrl = StepControl(lr, lr, min_step=lr * 1e-12, grow=1.0, max_retries=40)
+    ctrl = StepControl.for_lr(lr)
     hist: dict[str, list[float]] = {"kappa_P": [], "kappa_H": [], "loss": []}
     for t in tqdm(range(steps), disable=not progress, desc="immunize (Opt kappa)"):
         saved = [p.detach().clone() for p in params]
@@ -70,13 +70,10 @@ def opt_kappa(
             math.isfinite(float(loss.detach()))
             and all(bool(torch.isfinite(p.grad).all()) for p in params)
         ):
-            ctrl.reject(t, "non-finite objective or gradient", severe=True)
             with torch.no_grad():
                 for p, s in zip(params, saved, strict=True):
                     p.copy_(s)
-            for group in opt.param_groups:
-                group["lr"] = ctrl.step
-            if ctrl.stalled:
+            if not ctrl.reject_optimizer_step(opt, t, "non-finite objective or gradient"):
                 break
             continue
         opt.step()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import torch
+
 __all__ = ["ImmunizationWarning", "StepControl", "StepEvent"]
 
 
@@ -61,6 +63,11 @@ class StepControl:
                 f"{self.max_step}"
             )
 
+    @classmethod
+    def for_lr(cls, lr: float) -> StepControl:
+        """Control of a fixed learning rate: halved on each rejection, never grown back."""
+        return cls(lr, lr, min_step=lr * 1e-12, grow=1.0, max_retries=40)
+
     def accept(self) -> None:
         self.step = min(self.step * self.grow, self.max_step)
         self._streak = 0
@@ -76,6 +83,16 @@ class StepControl:
         self._streak += 1
         if self.step < self.min_step or self._streak >= self.max_retries:
             self.stalled = True
+        return not self.stalled
+
+    def reject_optimizer_step(
+        self, opt: torch.optim.Optimizer, iteration: int, reason: str
+    ) -> bool:
+        """Reject an overshooting optimizer step: record it, halve ``step`` and set every
+        parameter group's ``lr`` to it. False once the run stalled."""
+        self.reject(iteration, reason, severe=True)
+        for group in opt.param_groups:
+            group["lr"] = self.step
         return not self.stalled
 
     def finish(self, what: str) -> None:
