@@ -54,7 +54,8 @@ Two implementations:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -170,68 +171,32 @@ def immunize_linear(
     target = 0.01 / spec.rtol if kappa_target is None else kappa_target
     if not target > 1:
         raise ValueError(f"kappa_target must be > 1, got {target}")
-    w_p, w_h = lam_p / (lam_p + lam_h), lam_h / (lam_p + lam_h)
-    fro_ref = float(prob.K_P.norm())
+    merit = _Merit(lam_p / (lam_p + lam_h), lam_h / (lam_p + lam_h), target)
+    gauged = _Gauge(spec, prob, gauge)
 
-    def evaluate(theta: torch.Tensor):
-        S_P = spec.covariance(theta, prob.K_P)
-        c2 = fro_ref / float(S_P.norm()) if gauge else 1.0
-        theta, S_P = theta * math.sqrt(c2), S_P * c2
-        return theta, S_P, spec.covariance(theta, prob.K_H), math.sqrt(c2)
-
-    def merit(k_p: float, k_h: float) -> float:
-        return w_p * math.log(k_p) - w_h * math.log(min(k_h, target))
-
-    theta, S_P, S_H, _ = evaluate(
-        initial_theta(init, prob, d=d, seed=seed, whiten_rtol=whiten_rtol)
-    )
-    k_p, k_h = spec.kappa(S_P, "P"), spec.kappa(S_H, "H")
+    cur = gauged(initial_theta(init, prob, d=d, seed=seed, whiten_rtol=whiten_rtol))
+    k_p, k_h = spec.kappa(cur.S_P, "P"), spec.kappa(cur.S_H, "H")
     omega = intercept = None
     if prob.y_P is not None:
-        omega, intercept = initial_head(prob.X_P, prob.y_P, theta)
-    eye = torch.eye(theta.shape[1], dtype=torch.float64)
+        omega, intercept = initial_head(prob.X_P, prob.y_P, cur.theta)
+    eye = torch.eye(cur.theta.shape[1], dtype=torch.float64)
     ctrl = StepControl(step_size, max_step)
     hist: dict[str, list[float]] = {
         "kappa_P": [k_p], "kappa_H": [k_h], "step": [0.0], "lam_p": [0.0], "lam_h": [0.0]
     }  # fmt: skip
     bar = tqdm(range(steps), disable=not progress, desc="immunize (Algorithm 1, balanced)")
     for t in bar:
-        ill_on = w_h > 0 and k_h < target
-        direction, lam_eff = torch.zeros_like(eye), {"lam_p": 0.0, "lam_h": 0.0}
-        for on, w, grad, S, key in (
-            (w_p > 0, w_p, spec.grad_well, S_P, "lam_p"),
-            (ill_on, w_h, spec.grad_ill, S_H, "lam_h"),
-        ):
-            if on:
-                G = grad(S)[1]
-                norm = float(G.norm())
-                if norm > 0:
-                    direction += (w / norm) * G
-                    lam_eff[key] = w / (2 * norm)  # times s: the printed eta * lambda
+        direction, lam_eff = _balanced_direction(spec, cur, merit, ill_on=merit.ill_on(k_h))
         if not bool(direction.any()):
             break  # R_well at its minimum (kappa_P = 1) and R_ill switched off
-        m0 = merit(k_p, k_h)
-        while True:
-            M = eye - ctrl.step * direction
-            cand = evaluate(theta @ M)
-            severe = not all(bool(torch.isfinite(x).all()) for x in cand[:3])
-            if severe:
-                reason = "non-finite theta or Hessians"
-            else:
-                k_p1, k_h1 = spec.kappa(cand[1], "P"), spec.kappa(cand[2], "H")
-                if math.isfinite(merit(k_p1, k_h1)) and merit(k_p1, k_h1) <= m0 + MERIT_SLACK:
-                    break
-                reason = f"kappa moved the wrong way (kappa_P {k_p1:.3g}, kappa_H {k_h1:.3g})"
-            if not ctrl.reject(t, reason, severe=severe):
-                break
-        if ctrl.stalled:
+        found = _backtrack(spec, ctrl, gauged, merit, cur, eye, direction, merit(k_p, k_h), t)
+        if found is None:
             break
         s = ctrl.step
         ctrl.accept()
-        theta, S_P, S_H, c = cand
-        k_p, k_h = k_p1, k_h1
+        M, cur, k_p, k_h = found
         if omega is not None:
-            omega = torch.linalg.solve(M, omega) / c
+            omega = torch.linalg.solve(M, omega) / cur.c  # head transport
         for key, val in (("kappa_P", k_p), ("kappa_H", k_h), ("step", s)):
             hist[key].append(val)
         for key in ("lam_p", "lam_h"):
@@ -244,7 +209,96 @@ def immunize_linear(
         kappa_target=target, rtol=spec.rtol, gauge=gauge, whiten_rtol=whiten_rtol, seed=seed,
         backend=backend, iterations=len(hist["step"]) - 1, stopped=_stop_reason(ctrl, hist, steps),
     )  # fmt: skip
-    return LinearImmunization(theta, None, omega, intercept, hist, ctrl.events, settings)
+    return LinearImmunization(cur.theta, None, omega, intercept, hist, ctrl.events, settings)
+
+
+class _Point(NamedTuple):
+    """``theta`` after the scale gauge, its two Hessians and the gauge factor ``c``."""
+
+    theta: torch.Tensor
+    S_P: torch.Tensor
+    S_H: torch.Tensor
+    c: float
+
+
+class _Gauge:
+    """Scale gauge: ``theta -> c theta`` with ``||theta^T K_P theta||_F = ||K_P||_F``
+    (``c = 1`` when off), so the regulariser steps cannot inflate both Hessians."""
+
+    def __init__(self, spec: Spectral, prob: LinearProblem, on: bool) -> None:
+        self.spec, self.prob, self.on = spec, prob, on
+        self.fro_ref = float(prob.K_P.norm())
+
+    def __call__(self, theta: torch.Tensor) -> _Point:
+        S_P = self.spec.covariance(theta, self.prob.K_P)
+        c2 = self.fro_ref / float(S_P.norm()) if self.on else 1.0
+        theta, S_P = theta * math.sqrt(c2), S_P * c2
+        return _Point(theta, S_P, self.spec.covariance(theta, self.prob.K_H), math.sqrt(c2))
+
+
+@dataclass(frozen=True)
+class _Merit:
+    """``w_P log kappa_P - w_H log min(kappa_H, target)``, and the kappa target: R_ill is
+    on while ``kappa_H < target``."""
+
+    w_p: float
+    w_h: float
+    target: float
+
+    def __call__(self, k_p: float, k_h: float) -> float:
+        return self.w_p * math.log(k_p) - self.w_h * math.log(min(k_h, self.target))
+
+    def ill_on(self, k_h: float) -> bool:
+        return self.w_h > 0 and k_h < self.target
+
+
+def _balanced_direction(
+    spec: Spectral, cur: _Point, merit: _Merit, *, ill_on: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Balancing: ``w_P G_P / ||G_P||_F + w_H G_H / ||G_H||_F`` (the R_ill term only while
+    ``ill_on``), and each term's effective ``eta lam`` per unit step."""
+    direction = torch.zeros_like(cur.S_P)
+    lam_eff = {"lam_p": 0.0, "lam_h": 0.0}
+    for on, w, grad, S, key in (
+        (merit.w_p > 0, merit.w_p, spec.grad_well, cur.S_P, "lam_p"),
+        (ill_on, merit.w_h, spec.grad_ill, cur.S_H, "lam_h"),
+    ):
+        if on:
+            G = grad(S)[1]
+            norm = float(G.norm())
+            if norm > 0:
+                direction += (w / norm) * G
+                lam_eff[key] = w / (2 * norm)  # times s: the printed eta * lambda
+    return direction, lam_eff
+
+
+def _backtrack(
+    spec: Spectral,
+    ctrl: StepControl,
+    gauged: _Gauge,
+    merit: _Merit,
+    cur: _Point,
+    eye: torch.Tensor,
+    direction: torch.Tensor,
+    m0: float,
+    t: int,
+) -> tuple[torch.Tensor, _Point, float, float] | None:
+    """Backtracking: the first step ``M = I - s direction`` whose result is finite and whose
+    merit rises at most MERIT_SLACK above ``m0``, halving ``s`` on each rejection;
+    ``(M, point, kappa_P, kappa_H)``, or None once the control stalled."""
+    while True:
+        M = eye - ctrl.step * direction
+        cand = gauged(cur.theta @ M)
+        severe = not all(bool(torch.isfinite(x).all()) for x in cand[:3])
+        if severe:
+            reason = "non-finite theta or Hessians"
+        else:
+            k_p, k_h = spec.kappa(cand.S_P, "P"), spec.kappa(cand.S_H, "H")
+            if math.isfinite(merit(k_p, k_h)) and merit(k_p, k_h) <= m0 + MERIT_SLACK:
+                return M, cand, k_p, k_h
+            reason = f"kappa moved the wrong way (kappa_P {k_p:.3g}, kappa_H {k_h:.3g})"
+        if not ctrl.reject(t, reason, severe=severe):
+            return None
 
 
 def _stop_reason(ctrl: StepControl, hist: dict[str, list[float]], steps: int) -> str:
@@ -253,6 +307,21 @@ def _stop_reason(ctrl: StepControl, hist: dict[str, list[float]], steps: int) ->
     if len(hist["step"]) - 1 < steps:
         return "converged: kappa_P = 1 and R_ill switched off (kappa_H >= kappa_target)"
     return "step budget reached"
+
+
+class _PrintedState(NamedTuple):
+    """The printed algorithm at one point: its objective ``L + lam_P R_well + lam_H R_ill``,
+    the descent direction for ``theta``, the head's gradients (None without targets), the
+    two Hessians and the two preconditioned regulariser gradients."""
+
+    objective: float
+    step: torch.Tensor
+    grad_omega: torch.Tensor | None
+    grad_intercept: torch.Tensor | None
+    S_P: torch.Tensor
+    S_H: torch.Tensor
+    pre_well: torch.Tensor
+    pre_ill: torch.Tensor
 
 
 def algorithm1(
@@ -321,40 +390,42 @@ def algorithm1(
             step = step + 2 * prob.X_P.T @ torch.outer(res, omega) / len(y)
             g_omega, g_c = 2 * Z.T @ res / len(y), 2 * res.mean()
         ok = math.isfinite(obj) and bool(torch.isfinite(step).all())
-        return (obj, step, g_omega, g_c, S_P, S_H, pre_w, pre_i) if ok else None
+        return _PrintedState(obj, step, g_omega, g_c, S_P, S_H, pre_w, pre_i) if ok else None
 
     cur = state(theta, omega, intercept)
     if cur is None:
         raise FloatingPointError("Algorithm 1: the objective is not finite at theta_0")
     if balance_at_init is not None:
-        n_w, n_i = float(cur[6].norm()), float(cur[7].norm())
+        n_w, n_i = float(cur.pre_well.norm()), float(cur.pre_ill.norm())
         lam["h"] = lam_p * n_w / n_i if lam_p > 0 else 1.0
         lr = balance_at_init * float(theta.norm()) / (max(lam_p, 1.0) * n_w + lam["h"] * n_i)
         cur = state(theta, omega, intercept)
-    ctrl = StepControl(lr, lr, min_step=lr * 1e-12, grow=1.0, max_retries=40)
+    ctrl = StepControl.for_lr(lr)
     hist: dict[str, list[float]] = {
-        "kappa_P": [spec.kappa(cur[4], "P")], "kappa_H": [spec.kappa(cur[5], "H")],
-        "loss": [cur[0]], "step": [0.0],
+        "kappa_P": [spec.kappa(cur.S_P, "P")], "kappa_H": [spec.kappa(cur.S_H, "H")],
+        "loss": [cur.objective], "step": [0.0],
     }  # fmt: skip
     for t in tqdm(range(steps), disable=not progress, desc="immunize (Algorithm 1, printed)"):
         while True:
             eta = ctrl.step
-            new = (theta - eta * cur[1], omega, intercept)
+            new = (theta - eta * cur.step, omega, intercept)
             if y is not None:
-                new = (new[0], omega - eta * cur[2], intercept - eta * cur[3])
+                new = (new[0], omega - eta * cur.grad_omega, intercept - eta * cur.grad_intercept)
             nxt = state(*new)
-            if nxt is not None and nxt[0] <= BLOWUP * abs(cur[0]) + 1e-12:
+            if nxt is not None and nxt.objective <= BLOWUP * abs(cur.objective) + 1e-12:
                 break
-            reason = "non-finite objective" if nxt is None else f"objective blew up to {nxt[0]:.3g}"
+            reason = (
+                "non-finite objective" if nxt is None else f"objective blew up to {nxt.objective:.3g}"
+            )
             if not ctrl.reject(t, reason, severe=True):
                 break
         if ctrl.stalled:
             break
         ctrl.accept()
         (theta, omega, intercept), cur = new, nxt
-        hist["kappa_P"].append(spec.kappa(cur[4], "P"))
-        hist["kappa_H"].append(spec.kappa(cur[5], "H"))
-        hist["loss"].append(cur[0])
+        hist["kappa_P"].append(spec.kappa(cur.S_P, "P"))
+        hist["kappa_H"].append(spec.kappa(cur.S_H, "H"))
+        hist["loss"].append(cur.objective)
         hist["step"].append(eta)
     ctrl.finish("condnum.algorithm1")
     settings = dict(
