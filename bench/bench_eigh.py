@@ -33,6 +33,7 @@ import torch
 
 from condnum import functional as F
 from condnum import reference
+from condnum.defaults import dtype_rtol
 
 SPECTRA = [
     ("geometric", 1e2),
@@ -148,7 +149,7 @@ def main() -> None:
         for dtype in H.dtypes(args):
             for kind, kappa in spectra:
                 S = H.matrix(kind, d, kappa, dtype, device)
-                rtol = F.default_rtol(S)
+                rtol = dtype_rtol(S)
                 ref_min, ref_max = reference.float64_extremes(S, rtol)
                 tol = BAR_TOL[dtype] if args.tol == "bar" else None
                 base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023

@@ -10,8 +10,8 @@ probe on features ``Z``.
     kappa(S)  = sigma_max(S) / sigma_min(S)
 
 For kappa, ``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
-``rtol * sigma_max``, ``rtol = d * eps(S.dtype)`` by default (torch.linalg.matrix_rank's
-rule). ``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
+``rtol * sigma_max``, ``rtol = d * eps(S.dtype)`` by default
+(:func:`condnum.defaults.dtype_rtol`; :mod:`condnum.metrics` measures with 1e-12). ``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
 (:func:`floored_min`), which is continuous where eigenvalues leave the range.
 Gradients are analytic (``dR_well/dS = sigma_max v v^T - S/k``, ``dR_ill/dS =
 (sigma_min u u^T - S/k) / D^2``): no eigendecomposition is differentiated.
@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from condnum._ops import _check_square, ops
-from condnum.reference import default_rtol
+from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
 
 __all__ = [
     "gram",
@@ -39,7 +39,6 @@ __all__ = [
     "floored_min",
     "FlooredMin",
     "Edge",
-    "default_rtol",
     "DEFAULT_NUM_ITERS",
     "DEFAULT_TOL",
 ]
@@ -47,10 +46,6 @@ __all__ = [
 #: What ``sigma_min`` is at the edge of the numerical range (see :func:`r_ill`).
 Edge = Literal["floor", "range"]
 
-#: Lanczos budget per call (capped at d); each end stops earlier once converged.
-DEFAULT_NUM_ITERS = 128
-#: Relative accuracy asked of each extreme eigenvalue, by dtype of S.
-DEFAULT_TOL = {torch.float32: 1e-4, torch.float64: 1e-7}
 
 
 def gram(Z: torch.Tensor) -> torch.Tensor:
@@ -120,7 +115,7 @@ def extreme_eigh(
     S = _as_float(S)
     _check_square(S, "extreme_eigh")
     num_iters, tol = _budget(S, num_iters, tol)
-    rtol = default_rtol(S) if rtol is None else rtol
+    rtol = dtype_rtol(S) if rtol is None else rtol
     *result, err = ops.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
     _check_converged(err, tol, "extreme_eigh", num_iters)
     return tuple(result)
@@ -210,7 +205,7 @@ def floored_min(
     S = _as_float(S).detach()
     _check_square(S, "floored_min")
     num_iters, tol = _budget(S, num_iters, tol)
-    rtol = default_rtol(S) if rtol is None else rtol
+    rtol = dtype_rtol(S) if rtol is None else rtol
     # The solve looks down to half the floor, so that an eigenvalue the Cholesky test puts
     # (by rounding) just above the floor is the one returned.
     lam_min, lam_max, u_min, u_max, err = ops.extreme_eigh(

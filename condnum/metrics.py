@@ -4,7 +4,7 @@
 ``sigma_min`` taken over a *numerical range*. Two rules:
 
 - ``"relative"`` (default): eigenvalues above ``rtol * lambda_max``, ``rtol`` defaulting
-  to :data:`DEFAULT_RTOL` ``= 1e-12``. Scale-invariant (``kappa(cS) = kappa(S)``) and
+  to :data:`KAPPA_RTOL` ``= 1e-12``. Scale-invariant (``kappa(cS) = kappa(S)``) and
   blind to directions that are null up to rounding: a float64 Gram puts those at
   1e-17..1e-15 ``lambda_max`` on the data here (bounded by ``N * eps``). It reports kappa
   up to ``1 / rtol``; a value near that means the threshold cut a real spectrum (raw
@@ -36,12 +36,11 @@ from typing import Literal
 import torch
 
 from condnum import reference
+from condnum.defaults import KAPPA_RTOL, PAPER_JITTER
 from condnum.functional import condition_number
 
 __all__ = [
-    "DEFAULT_RTOL",
     "NEAR_CEILING",
-    "PAPER_JITTER",
     "RULES",
     "RIRResult",
     "format_report",
@@ -58,13 +57,6 @@ __all__ = [
 
 Rule = Literal["relative", "paper"]
 Backend = Literal["auto", "eigvalsh", "condnum"]
-#: Default ``rtol`` of the ``"relative"`` rule: eigenvalues below ``1e-12 * lambda_max``
-#: are numerically zero. Above float64 rounding of Gram matrices (1e-17..1e-15 relative
-#: on the data here), below the genuine spectra of raw pixels (MNIST digits reach 1e-12);
-#: kappa above 1e12 cannot be reported under it.
-DEFAULT_RTOL = 1e-12
-#: The jitter and threshold of the ``"paper"`` rule (the authors' ``lambda_diag``).
-PAPER_JITTER = 1e-6
 #: Both rules, in the order reports print them.
 RULES: tuple[Rule, ...] = ("paper", "relative")
 #: A relative-rule kappa within this factor of its ceiling ``1 / rtol`` is flagged.
@@ -73,8 +65,8 @@ NEAR_CEILING = 1e-2
 
 def measurable_ceiling(rtol: float | None = None) -> float:
     """``1 / rtol``: the largest kappa the ``"relative"`` rule can report (default rtol
-    :data:`DEFAULT_RTOL`, ceiling 1e12). A value near it may be a cut spectrum, not a kappa."""
-    return 1.0 / (DEFAULT_RTOL if rtol is None else rtol)
+    :data:`KAPPA_RTOL`, ceiling 1e12). A value near it may be a cut spectrum, not a kappa."""
+    return 1.0 / (KAPPA_RTOL if rtol is None else rtol)
 
 
 def near_ceiling(k: float, rtol: float | None = None) -> bool:
@@ -139,7 +131,7 @@ def kappa(
         rule: ``"relative"``: ``sigma_min`` = smallest eigenvalue above
             ``rtol * lambda_max``; ``"paper"``: eigenvalues of ``S + 1e-6 I``, smallest
             above 1e-6 (module docstring).
-        rtol: for ``"relative"``; default :data:`DEFAULT_RTOL`.
+        rtol: for ``"relative"``; default :data:`KAPPA_RTOL`.
         backend: for ``"relative"``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``),
             ``"condnum"`` (``condnum.functional.condition_number``, the library's Lanczos
             kernels; also ``"auto"``). ``"paper"`` always uses eigvalsh, as the authors did.
@@ -161,7 +153,7 @@ def kappa(
         raise ValueError(f"rule must be 'relative' or 'paper', got {rule!r}")
     if backend not in ("auto", "eigvalsh", "condnum"):
         raise ValueError(f"backend must be 'auto', 'eigvalsh' or 'condnum', got {backend!r}")
-    rtol = DEFAULT_RTOL if rtol is None else rtol
+    rtol = KAPPA_RTOL if rtol is None else rtol
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
     if S.shape[0] == 1:

@@ -39,6 +39,7 @@ from torch import nn
 
 from condnum import functional as F
 from condnum._ops import _check_square, ops
+from condnum.defaults import dtype_rtol
 from condnum.distributed import all_reduce_gram
 
 __all__ = ["NumericalRangeWarning", "RIll", "RWell", "default_kappa_target"]
@@ -192,7 +193,7 @@ class RIll(_SpectralRegularizer):
         promoted = self.float64 and Z.dtype != torch.float64
         S, k = self._gram(Z, float64=promoted)
         n = S.shape[0]
-        rtol = F.default_rtol(S) if self.rtol is None else self.rtol
+        rtol = dtype_rtol(S) if self.rtol is None else self.rtol
         target = (
             default_kappa_target(Z.dtype, n) if self.kappa_target is None else self.kappa_target
         )

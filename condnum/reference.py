@@ -8,15 +8,16 @@ eigendecomposition (``O(d^3)``) forward and backward.
     R_ill(S)  = 1 / D(S),   D(S) = ||S||_F^2 / (2k) - 1/2 sigma_min(S)^2
 
 ``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
-``rtol * sigma_max`` (default ``rtol = d * eps(S.dtype)``, torch.linalg.matrix_rank's rule).
+``rtol * sigma_max`` (default :func:`condnum.defaults.dtype_rtol`, ``d * eps(S.dtype)``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from condnum.defaults import dtype_rtol
+
 __all__ = [
-    "default_rtol",
     "smallest_in_range",
     "extreme_eigvals",
     "float64_extremes",
@@ -24,11 +25,6 @@ __all__ = [
     "r_ill",
     "r_well",
 ]
-
-
-def default_rtol(S: torch.Tensor) -> float:
-    """``d * eps(dtype)``: eigenvalues below ``rtol * sigma_max`` count as numerically zero."""
-    return S.shape[-1] * torch.finfo(S.dtype).eps
 
 
 def smallest_in_range(ev: torch.Tensor, rtol: float) -> torch.Tensor:
@@ -55,7 +51,7 @@ def extreme_eigvals(
     ``sigma_min`` is the smallest eigenvalue above ``rtol * sigma_max``. Differentiable
     through ``eigvalsh`` (which computes eigenvectors when a gradient is needed).
     """
-    rtol = default_rtol(S) if rtol is None else rtol
+    rtol = dtype_rtol(S) if rtol is None else rtol
     ev = torch.linalg.eigvalsh(S)
     return smallest_in_range(ev, rtol), ev[-1]
 
@@ -94,7 +90,7 @@ def r_ill(
     smallest eigenvalue above ``rtol * sigma_max`` (see ``condnum.functional.r_ill``).
     """
     if edge == "floor":
-        rtol = default_rtol(S) if rtol is None else rtol
+        rtol = dtype_rtol(S) if rtol is None else rtol
         ev = torch.linalg.eigvalsh(S)
         lam_min = torch.maximum(ev[0], rtol * ev[-1])
     else:

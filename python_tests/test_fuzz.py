@@ -52,6 +52,7 @@ from hypothesis import strategies as st
 import condnum
 from condnum import functional as F
 from condnum import reference
+from condnum.defaults import dtype_rtol
 
 ops = torch.ops.condnum
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
@@ -254,7 +255,7 @@ def psd_cases(draw, dtypes=(f32, f64), log10_scale=SAFE_LOG10_SCALE):
     rtol = 0.1 * (positive.min() / positive.max()).item()
     if zeros and dtype == f32:
         rtol = max(rtol, 1e-4)
-    if (d >= 32 or not zeros) and rtol >= 10 * reference.default_rtol(S) and draw(st.booleans()):
+    if (d >= 32 or not zeros) and rtol >= 10 * dtype_rtol(S) and draw(st.booleans()):
         rtol = None
     note(f"psd_cases: {dtype} d={d} seed={seed} {kind} log10 kappa={log_kappa!r} scale={scale!r}")
     return S, rtol
@@ -424,7 +425,7 @@ def test_extreme_eigh_fuzz(case, layout):
     _assert_identical((lam_min, lam_max, u_min, u_max), _call(F.extreme_eigh, S, rtol=rtol)[0])
     for t, shape in ((lam_min, ()), (lam_max, ()), (u_min, (d,)), (u_max, (d,))):
         assert t.shape == shape and t.dtype == dtype
-    rtol_eff = reference.default_rtol(S) if rtol is None else rtol
+    rtol_eff = dtype_rtol(S) if rtol is None else rtol
     ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     tol = _eig_tol(dtype, bound)
     if rel_err(lam_max.item(), ref_max) > tol:
@@ -463,7 +464,7 @@ def test_solver_budget_warm_start_and_error_bound(case, num_iters, log_tol, warm
     bound, and the functional wrappers warn exactly when it exceeds ``tol``."""
     S, rtol = case
     d, dtype = S.shape[0], S.dtype
-    rtol = reference.default_rtol(S) if rtol is None else rtol
+    rtol = dtype_rtol(S) if rtol is None else rtol
     tol = 10**log_tol
     v0_min = v0_max = None
     if warm == "random":
@@ -649,7 +650,7 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
     S, rtol = case
     d, dtype = S.shape[0], S.dtype
     k = max(1, round(k_factor * d))
-    rtol_eff = reference.default_rtol(S) if rtol is None else rtol
+    rtol_eff = dtype_rtol(S) if rtol is None else rtol
     ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     hms = S.double().square().sum().item() / (2 * k)
     lam_tol = max(
@@ -1204,7 +1205,7 @@ def test_rank_deficient_float64_with_the_default_rtol(case, device):
         g = torch.Generator().manual_seed(0)
         Z = torch.randn(8, 115, generator=g, dtype=f64)
         S = Z.T @ Z
-    ref_min, _ = reference.float64_extremes(S, reference.default_rtol(S))
+    ref_min, _ = reference.float64_extremes(S, dtype_rtol(S))
     lam_min, _, _, _ = F.extreme_eigh(S.to(device))
     assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]
 
@@ -1262,7 +1263,7 @@ def test_rank_deficient_float64_converges_within_d_steps(device):
     ev = log_spectrum(57, 10**0.00390625, 0)
     ev[2:7] = 0.0
     S = spd_from_spectrum(ev, 0, f64)
-    ref_min, _ = reference.float64_extremes(S, reference.default_rtol(S))
+    ref_min, _ = reference.float64_extremes(S, dtype_rtol(S))
     (lam_min, _, _, _), bound = _call(F.extreme_eigh, S.to(device))
     assert bound is None
     assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]

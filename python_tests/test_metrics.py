@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from condnum.defaults import PAPER_JITTER
 from condnum.metrics import (
-    PAPER_JITTER,
     RIRResult,
     format_report,
     gram,

@@ -153,7 +153,7 @@ def immunize_linear(
         step_size, max_step: initial and largest relative step ``s``.
         kappa_target: R_ill is active while ``kappa(H_H) <`` this (default ``0.01/rtol``).
         rtol: numerical range of kappa and sigma_min (default
-            :data:`condnum.metrics.DEFAULT_RTOL`).
+            :data:`condnum.defaults.KAPPA_RTOL`).
         gauge: keep ``||theta^T K_P theta||_F = ||K_P||_F``.
         backend: ``"condnum"`` (compiled ops) or ``"reference"`` (eigvalsh + autograd).
 

@@ -22,15 +22,13 @@ from typing import Literal
 import torch
 
 from condnum import reference
-from condnum.metrics import DEFAULT_RTOL
+from condnum.defaults import KAPPA_RTOL, LOOP_TOL
 
 __all__ = ["Backend", "Spectral"]
 
 Backend = Literal["condnum", "reference"]
-#: Relative accuracy asked of the Lanczos eigenvalues inside the loops. Kappa only steers
-#: accept/reject decisions there (reported kappas come from float64 ``eigvalsh``), so a
-#: solve that stops short of it is tolerated and the core's accuracy warning silenced.
-LOOP_TOL = 1e-6
+#: Solves inside the loops ask for LOOP_TOL; one that stops short of it is tolerated and
+#: the core's accuracy warning silenced.
 _SHORTFALL = r"condnum\.(extreme_eigh|top_eigh): eigenvalues did not reach tol"
 
 
@@ -47,7 +45,7 @@ class Spectral:
     Args:
         backend: ``"condnum"`` (compiled ops) or ``"reference"`` (eigvalsh + autograd).
         rtol: numerical-range threshold for ``sigma_min`` and kappa (default
-            :data:`condnum.metrics.DEFAULT_RTOL`).
+            :data:`condnum.defaults.KAPPA_RTOL`).
         k: the regularizers' ``k`` (default: the dimension of ``S``).
     """
 
@@ -57,7 +55,7 @@ class Spectral:
         if backend not in ("condnum", "reference"):
             raise ValueError(f"backend must be 'condnum' or 'reference', got {backend!r}")
         self.backend, self.k = backend, k
-        self.rtol = DEFAULT_RTOL if rtol is None else rtol
+        self.rtol = KAPPA_RTOL if rtol is None else rtol
         if backend == "condnum":
             import condnum
 
