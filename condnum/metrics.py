@@ -56,7 +56,9 @@ __all__ = [
 ]
 
 Rule = Literal["relative", "paper"]
-Backend = Literal["auto", "eigvalsh", "condnum"]
+#: Which solver computes a relative-rule kappa: float64 ``torch.linalg.eigvalsh``, or the
+#: library's Lanczos kernels (``"condnum"``, also ``"auto"``).
+KappaSolver = Literal["auto", "eigvalsh", "condnum"]
 #: Both rules, in the order reports print them.
 RULES: tuple[Rule, ...] = ("paper", "relative")
 #: A relative-rule kappa within this factor of its ceiling ``1 / rtol`` is flagged.
@@ -121,7 +123,7 @@ def kappa(
     rule: Rule = "relative",
     *,
     rtol: float | None = None,
-    backend: Backend = "auto",
+    backend: KappaSolver = "auto",
 ) -> float:
     """``kappa(S) = sigma_max / sigma_min`` of a symmetric PSD matrix, in float64.
 
@@ -170,7 +172,7 @@ def kappa_features(
     rule: Rule = "relative",
     *,
     rtol: float | None = None,
-    backend: Backend = "auto",
+    backend: KappaSolver = "auto",
 ) -> float:
     """``kappa(Z^T Z)`` for features ``Z`` (N, d), float64.
 
@@ -244,7 +246,7 @@ def rir(
     *,
     rule: Rule = "paper",
     rtol: float | None = None,
-    backend: Backend = "auto",
+    backend: KappaSolver = "auto",
 ) -> RIRResult:
     """RIR of a linear (affine) extractor relative to the identity.
 
@@ -278,7 +280,7 @@ def _group_average(
     seed: int,
     rule: Rule,
     rtol: float | None,
-    backend: Backend,
+    backend: KappaSolver,
 ) -> RIRResult:
     """Per group: ``group_size`` rows of each set without replacement, four kappas, ratios."""
     if groups < 1 or group_size < 1:
@@ -322,7 +324,7 @@ def rir_features(
     seed: int = 0,
     rule: Rule = "paper",
     rtol: float | None = None,
-    backend: Backend = "auto",
+    backend: KappaSolver = "auto",
 ) -> RIRResult:
     """RIR relative to an initial model from precomputed features, averaged over groups.
 
@@ -361,7 +363,7 @@ def rir_deep(
     seed: int = 0,
     rule: Rule = "paper",
     rtol: float | None = None,
-    backend: Backend = "auto",
+    backend: KappaSolver = "auto",
 ) -> RIRResult:
     """RIR of a deep extractor relative to its initial model ``theta_0``.
 

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from condnum.immunize.control import StepControl
 from condnum.immunize.problem import LinearProblem, initial_theta
 from condnum.immunize.result import LinearImmunization
-from condnum.immunize.spectral import Backend, Spectral
+from condnum.immunize.spectral import Implementation, Spectral
 
 __all__ = ["algorithm1", "immunize_linear", "initial_head", "lstsq_head"]
 
@@ -125,7 +125,7 @@ def immunize_linear(
     gauge: bool = True,
     whiten_rtol: float = 1e-2,
     seed: int = 0,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     progress: bool = False,
 ) -> LinearImmunization:
     """Immunize a linear extractor with balanced, safeguarded Algorithm 1 steps (module doc).
@@ -339,7 +339,7 @@ def algorithm1(
     rtol: float | None = None,
     balance_at_init: float | None = None,
     seed: int = 0,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     progress: bool = False,
 ) -> LinearImmunization:
     """Algorithm 1 as printed (module doc): fixed ``lr`` (eta) and lambdas, ridge preconditioner.

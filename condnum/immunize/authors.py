@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from condnum.immunize.control import StepControl
 from condnum.immunize.problem import LinearProblem
 from condnum.immunize.result import LinearImmunization
-from condnum.immunize.spectral import Backend, Spectral
+from condnum.immunize.spectral import Implementation, Spectral
 
 __all__ = ["immunize_linear_authors"]
 
@@ -66,7 +66,7 @@ def immunize_linear_authors(
     ridge_h: float = 1.0,
     rtol: float | None = None,
     seed: int = 0,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     progress: bool = False,
 ) -> LinearImmunization:
     """Train an affine extractor the way the authors' code does (module doc); float64.

@@ -21,7 +21,7 @@ from condnum.immunize.algorithm1 import Init, initial_head
 from condnum.immunize.control import StepControl
 from condnum.immunize.problem import LinearProblem, initial_theta
 from condnum.immunize.result import LinearImmunization
-from condnum.immunize.spectral import Backend, Spectral
+from condnum.immunize.spectral import Implementation, Spectral
 
 __all__ = ["opt_kappa"]
 
@@ -37,7 +37,7 @@ def opt_kappa(
     d: int | None = None,
     rtol: float | None = None,
     seed: int = 0,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     progress: bool = False,
 ) -> LinearImmunization:
     """The "Opt kappa" baseline (module doc). The head starts as the plain least-squares fit.

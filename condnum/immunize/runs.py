@@ -31,7 +31,7 @@ from condnum.immunize.authors import immunize_linear_authors
 from condnum.immunize.baselines import opt_kappa
 from condnum.immunize.harden import orthogonal_mix
 from condnum.immunize.result import LinearImmunization, save_extractor
-from condnum.immunize.spectral import Backend
+from condnum.immunize.spectral import Implementation
 from condnum.metrics import RIRResult
 
 __all__ = [
@@ -177,7 +177,7 @@ def run_house_prices(
     *,
     seed: int = 0,
     steps: int = 300,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     attack_steps: int = ATTACK_STEPS,
 ) -> Outcome:
     """Immunize on the House Prices training rows (from ``datasets.load_house_prices``).
@@ -232,7 +232,7 @@ def run_mnist_pair(
     init: str = "whiten",
     whiten_rtol: float = 1e-6,
     steps: int = 10,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
 ) -> Outcome:
     """Ordered pair ``(p, h)``: ``X_P`` every image of digit ``p``, ``X_H`` of digit ``h``.
 
@@ -265,7 +265,7 @@ def run_digit_pairs(
     *,
     init: str = "whiten",
     steps: int = 300,
-    backend: Backend = "condnum",
+    backend: Implementation = "condnum",
     attack_steps: int = ATTACK_STEPS,
     seed: int = 0,
 ) -> Outcome:

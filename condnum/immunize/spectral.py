@@ -24,9 +24,11 @@ import torch
 from condnum import reference
 from condnum.defaults import KAPPA_RTOL, LOOP_TOL
 
-__all__ = ["Backend", "Spectral"]
+__all__ = ["Implementation", "Spectral"]
 
-Backend = Literal["condnum", "reference"]
+#: Which implementation computes the regularizers' gradients and kappa in the loops: the
+#: compiled ops (``"condnum"``) or the pure-torch :mod:`condnum.reference` (eigvalsh + autograd).
+Implementation = Literal["condnum", "reference"]
 #: Solves inside the loops ask for LOOP_TOL; one that stops short of it is tolerated and
 #: the core's accuracy warning silenced.
 _SHORTFALL = r"condnum\.(extreme_eigh|top_eigh): eigenvalues did not reach tol"
@@ -50,7 +52,7 @@ class Spectral:
     """
 
     def __init__(
-        self, backend: Backend = "condnum", rtol: float | None = None, k: int | None = None
+        self, backend: Implementation = "condnum", rtol: float | None = None, k: int | None = None
     ) -> None:
         if backend not in ("condnum", "reference"):
             raise ValueError(f"backend must be 'condnum' or 'reference', got {backend!r}")
