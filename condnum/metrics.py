@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 
@@ -39,9 +39,13 @@ from condnum import reference
 from condnum.defaults import KAPPA_RTOL, PAPER_JITTER
 from condnum.functional import condition_number
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "NEAR_CEILING",
     "RULES",
+    "GroupOptions",
     "RIRResult",
     "format_report",
     "gram",
@@ -261,13 +265,44 @@ def rir(
     if X_P.shape[1] != X_H.shape[1]:
         raise ValueError(f"X_P has {X_P.shape[1]} columns, X_H {X_H.shape[1]}")
 
-    def k(Z: torch.Tensor) -> float:
-        return kappa_features(Z, rule, rtol=rtol, backend=backend)
+    Zs = (X_H, _features(X_H, theta, bias), X_P, _features(X_P, theta, bias))
+    kappas = _kappas(Zs, rule, rtol, backend)[None]
+    i, ii, ratio = _ratios(kappas)
+    return RIRResult(
+        *kappas[0].tolist(), float(i), float(ii), float(ratio), rule, "identity", rtol=rtol
+    )
 
-    kH0, kP0 = k(X_H), k(X_P)
-    kH1, kP1 = k(_features(X_H, theta, bias)), k(_features(X_P, theta, bias))
-    i, ii = kH1 / kH0, kP1 / kP0
-    return RIRResult(kH0, kH1, kP0, kP1, i, ii, i / ii, rule, "identity", rtol=rtol)
+
+def _kappas(
+    Zs: tuple[torch.Tensor, ...], rule: Rule, rtol: float | None, backend: KappaSolver
+) -> torch.Tensor:
+    """``kappa(Z^T Z)`` of the features ``(Z_H_ref, Z_H_imm, Z_P_ref, Z_P_imm)``, float64 (4,)."""
+    return torch.tensor(
+        [kappa_features(Z, rule, rtol=rtol, backend=backend) for Z in Zs], dtype=torch.float64
+    )
+
+
+def _ratios(kappas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(i, ii, RIR)`` per row of ``kappas`` (n, 4) ordered as in :func:`_kappas`."""
+    i = kappas[:, 1] / kappas[:, 0]
+    ii = kappas[:, 3] / kappas[:, 2]
+    return i, ii, i / ii
+
+
+class GroupOptions(TypedDict, total=False):
+    """Keyword options of the group-averaged RIR (:func:`rir_features`, :func:`rir_deep`).
+
+    ``groups`` (20) groups of ``group_size`` (100) rows of each set, drawn by a
+    ``torch.Generator`` seeded with ``seed`` (0); kappa by ``rule`` (``"paper"``), ``rtol``
+    and ``backend`` as in :func:`kappa`.
+    """
+
+    groups: int
+    group_size: int
+    seed: int
+    rule: Rule
+    rtol: float | None
+    backend: KappaSolver
 
 
 def _group_average(
@@ -275,12 +310,12 @@ def _group_average(
     n_P: int,
     n_H: int,
     *,
-    groups: int,
-    group_size: int,
-    seed: int,
-    rule: Rule,
-    rtol: float | None,
-    backend: KappaSolver,
+    groups: int = 20,
+    group_size: int = 100,
+    seed: int = 0,
+    rule: Rule = "paper",
+    rtol: float | None = None,
+    backend: KappaSolver = "auto",
 ) -> RIRResult:
     """Per group: ``group_size`` rows of each set without replacement, four kappas, ratios."""
     if groups < 1 or group_size < 1:
@@ -295,13 +330,8 @@ def _group_average(
         idx_H = torch.randperm(n_H, generator=gen)[:group_size]
         H0, H1 = sample("harmful", idx_H)
         P0, P1 = sample("primary", idx_P)
-        kappas[g] = torch.tensor(
-            [kappa_features(Z, rule, rtol=rtol, backend=backend) for Z in (H0, H1, P0, P1)],
-            dtype=torch.float64,
-        )
-    i = kappas[:, 1] / kappas[:, 0]
-    ii = kappas[:, 3] / kappas[:, 2]
-    ratio = i / ii
+        kappas[g] = _kappas((H0, H1, P0, P1), rule, rtol, backend)
+    i, ii, ratio = _ratios(kappas)
 
     def std(x: torch.Tensor) -> float:
         return float(x.std()) if groups > 1 else 0.0
@@ -318,13 +348,7 @@ def rir_features(
     Z_P_imm: torch.Tensor,
     Z_H_ref: torch.Tensor,
     Z_H_imm: torch.Tensor,
-    *,
-    groups: int = 20,
-    group_size: int = 100,
-    seed: int = 0,
-    rule: Rule = "paper",
-    rtol: float | None = None,
-    backend: KappaSolver = "auto",
+    **options: Unpack[GroupOptions],
 ) -> RIRResult:
     """RIR relative to an initial model from precomputed features, averaged over groups.
 
@@ -332,7 +356,7 @@ def rir_features(
     the same rows (shape (N, ...), flattened to (N, d)). Each of ``groups`` groups draws
     ``group_size`` rows of each set (seeded ``torch.Generator``), computes the four
     ``kappa(Z^T Z)`` and the ratios; the result averages the ratios over groups (the
-    paper: 20 groups of 100 samples).
+    paper: 20 groups of 100 samples). ``options``: :class:`GroupOptions`.
     """
     feats = {"primary": (Z_P_ref, Z_P_imm), "harmful": (Z_H_ref, Z_H_imm)}
     for name, (A, B) in feats.items():
@@ -346,10 +370,7 @@ def rir_features(
         A, B = feats[which]
         return A[idx].flatten(1), B[idx].flatten(1)
 
-    return _group_average(
-        sample, Z_P_ref.shape[0], Z_H_ref.shape[0], groups=groups, group_size=group_size,
-        seed=seed, rule=rule, rtol=rtol, backend=backend,
-    )  # fmt: skip
+    return _group_average(sample, Z_P_ref.shape[0], Z_H_ref.shape[0], **options)
 
 
 def rir_deep(
@@ -357,13 +378,7 @@ def rir_deep(
     immunized: Callable[[torch.Tensor], torch.Tensor],
     X_P: torch.Tensor,
     X_H: torch.Tensor,
-    *,
-    groups: int = 20,
-    group_size: int = 100,
-    seed: int = 0,
-    rule: Rule = "paper",
-    rtol: float | None = None,
-    backend: KappaSolver = "auto",
+    **options: Unpack[GroupOptions],
 ) -> RIRResult:
     """RIR of a deep extractor relative to its initial model ``theta_0``.
 
@@ -378,10 +393,7 @@ def rir_deep(
         with torch.no_grad():
             return init(X).flatten(1), immunized(X).flatten(1)
 
-    return _group_average(
-        sample, X_P.shape[0], X_H.shape[0], groups=groups, group_size=group_size, seed=seed,
-        rule=rule, rtol=rtol, backend=backend,
-    )  # fmt: skip
+    return _group_average(sample, X_P.shape[0], X_H.shape[0], **options)
 
 
 def _fmt(x: float, std: float | None = None) -> str:
