@@ -7,6 +7,8 @@ small multiple of plain ``torch.linalg.eigvalsh``'s error in the same dtype.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,49 @@ def eigvalsh_lam_min_error(S: torch.Tensor, rtol: float, lam_min64: float) -> fl
 
 def rel_err(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
+
+
+def relayout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x``'s values (2-D) in another memory layout; the storage around the view is NaN."""
+    r, c = x.shape
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "column-major":
+        return x.T.contiguous().T
+    if layout == "stepped":  # strides (6c, 3), offset 3c
+        view = torch.full((2 * r, 3 * c), float("nan"), dtype=x.dtype)[1::2, ::3]
+    elif layout == "padded":  # row stride c + 5, offset 2
+        view = torch.full((r, c + 5), float("nan"), dtype=x.dtype)[:, 2 : 2 + c]
+    else:  # as_strided: column-major with leading dimension r + 3, at offset 7
+        storage = torch.full((7 + (r + 3) * c,), float("nan"), dtype=x.dtype)
+        view = storage.as_strided((r, c), (1, r + 3), 7)
+    view.copy_(x)
+    return view
+
+
+CONVERGENCE_WARNING = re.compile(
+    r"did not reach tol = \S+ in num_iters = \d+ Lanczos steps "
+    r"\(relative error bound (\S+)\); increase num_iters"
+)
+
+
+def call_with_bound(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and the error bound of its convergence warning (None if none).
+
+    The solvers' documented UserWarning (budget exhausted) is the only warning allowed; its
+    bound is returned so that callers loosen their check to what the warning admits.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    bound = None
+    for w in caught:
+        if issubclass(w.category, condnum.NumericalRangeWarning):  # tested in test_edge.py
+            continue
+        match = CONVERGENCE_WARNING.search(str(w.message))
+        assert w.category is UserWarning and match, f"unexpected warning: {w.message}"
+        bound = max(bound or 0.0, float(match.group(1)))
+    return out, bound
 
 
 @pytest.fixture(scope="session")

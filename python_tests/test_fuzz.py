@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of every public entry point (issue 6, "Hardening").
+"""Hypothesis fuzzing of every public entry point.
 
 Each call on a fuzzed input must either return the right answer (against float64
 ``torch.linalg`` references, with conftest's tolerances) or raise a ``ValueError`` that
@@ -15,16 +15,14 @@ inputs vary in
 - values: NaN, +-Inf, denormals, huge and tiny scales, zeros, rank deficiency, repeated
   extremes, kappa up to 1e8 (float64) / 1e5 (float32).
 
-Contract for non-finite values (README, "Bad input"): on the CPU every op on S raises a
+Contract for non-finite values: on the CPU every op on S raises a
 ``ValueError`` for NaN/Inf; ``gram`` and ``covariance``'s ``theta`` are plain products and
 propagate them (into exactly the affected rows and columns), and the ops downstream raise.
 
 Every test runs for the CPU implementations of conftest.IMPLEMENTATIONS (native and
-portable); the regression tests at the end take ``device`` and run on CUDA too.
-
-Quick by default (a few seconds per test); ``--hardening-long`` runs LONG_EXAMPLES_FACTOR
-times the examples with d up to MAX_D = 640. Minimal repros of the kernel bugs fuzzing
-found are at the end of the file (the open ones as strict xfails).
+portable). Quick by default (a few seconds per test); ``--hardening-long`` runs
+LONG_EXAMPLES_FACTOR times the examples with d up to MAX_D = 640. Minimal repros of the
+kernel bugs fuzzing found are in test_regressions.py.
 """
 
 from __future__ import annotations
@@ -39,11 +37,13 @@ from conftest import (
     EIG_RTOL,
     TORCH_BASELINE_MULTIPLE,
     VALUE_RTOL,
+    call_with_bound,
     eigvalsh_lam_min_error,
     fuzz_settings,
     is_hardening_long,
     log_spectrum,
     rel_err,
+    relayout,
     spd_from_spectrum,
 )
 from hypothesis import example, given, note
@@ -89,24 +89,6 @@ NAN = float("nan")
 # ----------------------------------------------------------------------------- helpers
 
 
-def relayout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """``x``'s values (2-D) in another memory layout; the storage around the view is NaN."""
-    r, c = x.shape
-    if layout == "contiguous":
-        return x.contiguous()
-    if layout == "column-major":
-        return x.T.contiguous().T
-    if layout == "stepped":  # strides (6c, 3), offset 3c
-        view = torch.full((2 * r, 3 * c), NAN, dtype=x.dtype)[1::2, ::3]
-    elif layout == "padded":  # row stride c + 5, offset 2
-        view = torch.full((r, c + 5), NAN, dtype=x.dtype)[:, 2 : 2 + c]
-    else:  # as_strided: column-major with leading dimension r + 3, at offset 7
-        storage = torch.full((7 + (r + 3) * c,), NAN, dtype=x.dtype)
-        view = storage.as_strided((r, c), (1, r + 3), 7)
-    view.copy_(x)
-    return view
-
-
 def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
@@ -126,31 +108,6 @@ def _assert_identical(a, b) -> None:
     for x, y in zip(a, b, strict=True):
         assert x.shape == y.shape and x.dtype == y.dtype
         assert torch.equal(x, y)
-
-
-_CONVERGENCE = re.compile(
-    r"did not reach tol = \S+ in num_iters = \d+ Lanczos steps "
-    r"\(relative error bound (\S+)\); increase num_iters"
-)
-
-
-def _call(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` and the error bound of its convergence warning (None if none).
-
-    The solvers' documented UserWarning (budget exhausted) is the only warning allowed; its
-    bound is returned so that callers loosen their check to what the warning admits.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = fn(*args, **kwargs)
-    bound = None
-    for w in caught:
-        if issubclass(w.category, condnum.NumericalRangeWarning):  # tested in test_edge.py
-            continue
-        match = _CONVERGENCE.search(str(w.message))
-        assert w.category is UserWarning and match, f"unexpected warning: {w.message}"
-        bound = max(bound or 0.0, float(match.group(1)))
-    return out, bound
 
 
 def _eig_tol(dtype: torch.dtype, bound: float | None) -> float:
@@ -182,7 +139,7 @@ def _check_r_ill(call, hms: float, lam_min: float, lam_tol: float, dtype):
     the value must be 1/max(D, floor) to within the error that lam_min's tolerance
     propagates. Returns (value, warning's bound).
     """
-    value, bound = _call(call)
+    value, bound = call_with_bound(call)
     lam_tol = lam_tol if bound is None else max(lam_tol, 2 * bound)
     slack = 2 * lam_tol * lam_min**2 + 64 * _eps(dtype) * hms  # |error of D| allowed
     floor = 64 * _eps(dtype) * hms
@@ -202,7 +159,7 @@ def _floored_reference(S: torch.Tensor, rtol: float) -> float:
 def _check_r_well(call, hms: float, lam_max: float, dtype):
     """Runs ``call`` (an R_well evaluation): lam_max^2 / 2 - hms, to VALUE_RTOL (or what a
     convergence warning admits) of its two terms (they may cancel). Returns (value, bound)."""
-    value, bound = _call(call)
+    value, bound = call_with_bound(call)
     rtol = VALUE_RTOL[dtype] if bound is None else max(VALUE_RTOL[dtype], 4 * bound)
     ref = 0.5 * lam_max**2 - hms
     assert abs(value.item() - ref) <= rtol * (0.5 * lam_max**2 + hms)
@@ -421,8 +378,8 @@ def test_extreme_eigh_fuzz(case, layout):
     S, rtol = case
     d, dtype = S.shape[0], S.dtype
     view = relayout(S, layout)
-    (lam_min, lam_max, u_min, u_max), bound = _call(F.extreme_eigh, view, rtol=rtol)
-    _assert_identical((lam_min, lam_max, u_min, u_max), _call(F.extreme_eigh, S, rtol=rtol)[0])
+    (lam_min, lam_max, u_min, u_max), bound = call_with_bound(F.extreme_eigh, view, rtol=rtol)
+    _assert_identical((lam_min, lam_max, u_min, u_max), call_with_bound(F.extreme_eigh, S, rtol=rtol)[0])
     for t, shape in ((lam_min, ()), (lam_max, ()), (u_min, (d,)), (u_max, (d,))):
         assert t.shape == shape and t.dtype == dtype
     rtol_eff = dtype_rtol(S) if rtol is None else rtol
@@ -440,13 +397,13 @@ def test_extreme_eigh_fuzz(case, layout):
         residual = (A @ u.double() - lam.double() / ref_max * u.double()).norm().item()
         assert residual <= math.sqrt(tol)
     # top_eigh: the same top end, layout-independent too
-    (lam_top, u_top), top_bound = _call(F.top_eigh, view)
-    _assert_identical((lam_top, u_top), _call(F.top_eigh, S)[0])
+    (lam_top, u_top), top_bound = call_with_bound(F.top_eigh, view)
+    _assert_identical((lam_top, u_top), call_with_bound(F.top_eigh, S)[0])
     assert lam_top.shape == () and u_top.shape == (d,) and lam_top.dtype == dtype
     if rel_err(lam_top.item(), ref_max) > _eig_tol(dtype, top_bound):
         _assert_documented_neighbour(S, lam_top.item(), ref_max, _eig_tol(dtype, top_bound))
     # condition_number is lam_max / lam_min of the same solve
-    kappa, _ = _call(F.condition_number, view, rtol=rtol)
+    kappa, _ = call_with_bound(F.condition_number, view, rtol=rtol)
     assert kappa.shape == () and kappa.dtype == dtype
     assert torch.equal(kappa, lam_max / lam_min)
 
@@ -471,7 +428,7 @@ def test_solver_budget_warm_start_and_error_bound(case, num_iters, log_tol, warm
         g = torch.Generator().manual_seed(seed)
         v0_min, v0_max = torch.randn(2, d, generator=g, dtype=f64).to(dtype).unbind()
     elif warm == "exact":  # the eigenvectors of the previous step, as RIll/RWell pass them
-        _, _, v0_min, v0_max = _call(F.extreme_eigh, S, rtol=rtol)[0]
+        _, _, v0_min, v0_max = call_with_bound(F.extreme_eigh, S, rtol=rtol)[0]
     try:
         raw = ops.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
     except ValueError as error:  # too small a budget to find the bottom at all: it says so
@@ -482,7 +439,7 @@ def test_solver_budget_warm_start_and_error_bound(case, num_iters, log_tol, warm
     assert [t.shape for t in raw[:4]] == [(), (), (d,), (d,)]
     assert all(t.dtype == dtype for t in raw[:4])
     kw = {"rtol": rtol, "num_iters": num_iters, "tol": tol, "v0_min": v0_min, "v0_max": v0_max}
-    out, bound = _call(F.extreme_eigh, S, **kw)
+    out, bound = call_with_bound(F.extreme_eigh, S, **kw)
     _assert_identical(out, raw[:4])
     assert (bound is not None) == (err.item() > tol)
     # some eigenvalue of S lies within err |lam| of each returned one (up to S's rounding)
@@ -556,7 +513,7 @@ def test_denormal_entries_are_ordinary_values(d, dtype, n_entries, layout, seed)
             int(torch.randint(h, d, (1,), generator=g)),
         )
         S[i, j] = S[j, i] = DENORMAL[dtype]
-    (lam_min, lam_max, _, _), bound = _call(F.extreme_eigh, relayout(S, layout), rtol=1e-4)
+    (lam_min, lam_max, _, _), bound = call_with_bound(F.extreme_eigh, relayout(S, layout), rtol=1e-4)
     ref_min, ref_max = reference.float64_extremes(S, 1e-4)
     assert rel_err(lam_max.item(), ref_max) <= _eig_tol(dtype, bound)
     assert rel_err(lam_min.item(), ref_min) <= _eig_tol(dtype, bound)
@@ -583,13 +540,13 @@ def test_stride_zero_and_overlapping_views(d, dtype, log_c, kind, seed, impl):
         w = torch.rand(16, generator=g, dtype=f64) + 0.1
         moments = (w * x ** torch.arange(2 * d - 1, dtype=f64)[:, None]).sum(1) * c
         S, rtol = moments.to(dtype).as_strided((d, d), (1, 1)), 1e-3
-    out, bound = _call(F.extreme_eigh, S, rtol=rtol)
-    _assert_identical(out, _call(F.extreme_eigh, S.contiguous(), rtol=rtol)[0])
+    out, bound = call_with_bound(F.extreme_eigh, S, rtol=rtol)
+    _assert_identical(out, call_with_bound(F.extreme_eigh, S.contiguous(), rtol=rtol)[0])
     ref_min, ref_max = reference.float64_extremes(S, rtol)
     assert rel_err(out[1].item(), ref_max) <= _eig_tol(dtype, bound)
     assert rel_err(out[0].item(), ref_min) <= _eig_tol(dtype, bound)
-    lam_top, u_top = _call(F.top_eigh, S)[0]
-    _assert_identical((lam_top, u_top), _call(F.top_eigh, S.contiguous())[0])
+    lam_top, u_top = call_with_bound(F.top_eigh, S)[0]
+    _assert_identical((lam_top, u_top), call_with_bound(F.top_eigh, S.contiguous())[0])
     if kind == "expand":  # rank 1: sigma_min at the floor rtol * lam_max, R_ill finite
         value = F.r_ill(S, rtol=rtol)
         expected = reference.r_ill(S.contiguous(), rtol=rtol).item()
@@ -679,14 +636,14 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
     assert grad.shape == (d, d) and grad.dtype == dtype
     # the analytic gradient from the same solve: lam u u^T - S / k, times R^2 for R_ill
     if which == "r_ill":
-        m = _call(F.floored_min, S, rtol)[0]
+        m = call_with_bound(F.floored_min, S, rtol)[0]
         lam, u = m.lam, m.u
         R = value.detach().double()  # R (R X): R^2 alone may leave float64's normal range
         expected = R * (R * (lam.double() * torch.outer(u.double(), u.double()) - S.double() / k))
         if entry == "module" and bool(m.saturated):  # RIll stops pushing at the floor
             expected = torch.zeros_like(expected)
     else:
-        lam, u = _call(F.top_eigh, S)[0]
+        lam, u = call_with_bound(F.top_eigh, S)[0]
         expected = lam.double() * torch.outer(u.double(), u.double()) - S.double() / k
     expected = _in_dtype(expected, dtype)
     finite = expected[expected.isfinite()]
@@ -694,7 +651,7 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
     torch.testing.assert_close(grad.double(), expected, rtol=VALUE_RTOL[dtype], atol=atol)
     # a contiguous copy: the same bits, forward and backward
     copy = S.clone().requires_grad_()
-    copy_value = _call(evaluate, copy)[0]
+    copy_value = call_with_bound(evaluate, copy)[0]
     _assert_identical(value, copy_value)
     _assert_identical(grad, torch.autograd.grad(copy_value, copy)[0])
 
@@ -785,8 +742,8 @@ def test_module_buffers_follow_shape_dtype_and_device(shapes, dtypes, devices, s
         Z = torch.randn(n, d, generator=g, dtype=f64).to(dtype).to(device)
         for module, fresh in ((r_well, condnum.RWell()), (r_ill, condnum.RIll(k=1))):
             module.float64 = False  # this test is about buffers; test_edge.py tests the switch
-            expected = _call(fresh, Z)[0]  # kappa = 1 (n = 1 or d = 1): D at its floor
-            out = _call(module, Z)[0]
+            expected = call_with_bound(fresh, Z)[0]  # kappa = 1 (n = 1 or d = 1): D at its floor
+            out = call_with_bound(module, Z)[0]
             assert out.shape == expected.shape and out.dtype == expected.dtype
             assert out.device == expected.device
             if device == "cpu":  # warm vs cold start, both to the solver's accuracy
@@ -876,12 +833,12 @@ def test_meta_outputs_have_the_cpu_shapes_and_dtypes(case, half, n_extra):
         calls["r_well"] = lambda A, B: F.r_well(A)
     for name, fn in calls.items():
         try:
-            cpu = _call(fn, S, Z)[0]
+            cpu = call_with_bound(fn, S, Z)[0]
         except ValueError as err:  # rounding S to half may make it indefinite, or zero
             assert half is not None and re.search("positive semi-definite|S is zero", str(err))
             continue
         if name == "extreme_eigh" and half is not None:  # solved as S.float()
-            _assert_identical(cpu, _call(fn, S.float(), Z)[0])
+            _assert_identical(cpu, call_with_bound(fn, S.float(), Z)[0])
         meta = fn(S.to("meta"), Z.to("meta"))
         cpu, meta = (
             (cpu,) if torch.is_tensor(cpu) else cpu,
@@ -1006,264 +963,3 @@ def test_raw_ops_fake_kernels_agree_with_the_cpu(call):
         return re.split(r" must | and ", message)[0]
 
     assert meta_error is not None and head(meta_error) == head(cpu_error), (cpu_error, meta_error)
-
-
-# ----------------------------------------------------------------------------- Lanczos allocations
-
-
-def _allocations(fn) -> int:
-    """Number of CPU-allocator allocations (torch profiler) made by ``fn()`` after a warm-up.
-
-    Counts the profiler's allocation events; where its event tree is not available, the
-    operator events that allocate (one allocation each for the ops used here).
-    """
-    fn()
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    try:
-        from torch._C._profiler import _EventType
-
-        stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    except (ImportError, AttributeError):  # pragma: no cover - older/newer torch
-        return sum(1 for e in prof.events() if e.self_cpu_memory_usage > 0)
-    count = 0
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        count += node.tag == _EventType.Allocation and node.extra_fields.alloc_size > 0
-    return count
-
-
-@pytest.mark.parametrize("dtype", [f32, f64])
-@pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
-def test_lanczos_iterations_allocate_nothing(op, dtype, impl):
-    """A solve allocates the same number of tensors whether it runs 8 or 64 Lanczos steps.
-
-    ``tol = 1e-300`` (tol must be > 0) is never met, so every solve runs its whole budget:
-    num_iters steps on S and, for extreme_eigh, num_iters shift-and-invert steps; d = 200
-    keeps the Krylov space from becoming invariant first. rtol = 0 fixes the path (Cholesky
-    shift-and-invert). The profiler sees allocations through torch's CPU allocator
-    (``at::empty`` & co.), not std::vector growth. The portable path allocates through
-    torch operations at every step by design: native only.
-    """
-    if impl.backend != "native":
-        pytest.skip("the portable path allocates a few tensors per Lanczos step")
-    S = spd_from_spectrum(log_spectrum(200, 1e4, 0), 0, dtype)
-
-    def solve(num_iters):
-        if op == "top_eigh":
-            return ops.top_eigh(S, num_iters, 1e-300, None)
-        return ops.extreme_eigh(S, num_iters, 0.0, 1e-300, None, None)
-
-    # more steps ran: the error bound fell
-    assert solve(64)[-1].item() < solve(8)[-1].item()
-    few, many = _allocations(lambda: solve(8)), _allocations(lambda: solve(64))
-    assert few > 0  # the counter sees the op's allocations (the Krylov basis at least)
-    assert many == few
-
-
-# ----------------------------------------------------------------------------- kernel bugs
-# Minimal repros of the kernel bugs fuzzing found. Each failed against the kernels of
-# commit 0b8f0d4 (what went wrong is in its docstring) and passes with the current ones,
-# except the strict xfails: the README's single-vector Lanczos limitation, kept visible so
-# that a fix makes them fail loudly until unmarked.
-
-#: Scales beyond ~1e+-150 (float64) and ~1e+-19 (float32), where the Lanczos squared
-#: norms (w.w in S's dtype) overflow or underflow; denormal S.
-EXTREME_SCALES = [
-    (f64, 1e-300),
-    (f64, 1e-200),
-    (f64, 1e200),
-    (f64, 1e300),
-    (f64, 1e-310),
-    (f32, 1e-30),
-    (f32, 1e25),
-    (f32, 1e-40),
-]
-
-
-@pytest.mark.parametrize(("dtype", "scale"), EXTREME_SCALES)
-def test_eigensolvers_at_extreme_scales(dtype, scale, device):
-    """``c * S`` is solved as ``c`` times ``S`` (or refused, saying the scale is out of range).
-
-    Was: the Krylov space looked invariant after one step, and the Rayleigh quotient of the
-    start vector came back as lam_min = lam_max with err = 0 and no warning (condition_number
-    1 instead of 100), or a false "S must be positive semi-definite" error (1e-160).
-    """
-    if scale < (1e-35 if dtype == f32 else 1e-305):  # denormal: a diagonal S is exact
-        S = torch.diag(torch.linspace(1, 3, 6, dtype=f64) * scale).to(dtype)
-    else:
-        S = spd_from_spectrum(log_spectrum(20, 100.0, 0) * scale, 0, dtype)
-    ref_min, ref_max = reference.float64_extremes(S, 1e-3)
-    S = S.to(device)
-    try:
-        lam_min, lam_max, _, _ = F.extreme_eigh(S, rtol=1e-3)
-        lam_top, _ = F.top_eigh(S)
-    except ValueError as err:
-        assert re.search(r"overflow|underflow|range", str(err)), err
-        return
-    assert rel_err(lam_max.item(), ref_max) <= EIG_RTOL[dtype]
-    assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[dtype]
-    assert rel_err(lam_top.item(), ref_max) <= EIG_RTOL[dtype]
-
-
-@pytest.mark.parametrize(("which", "scale"), [("r_well", 1e200), ("r_ill", 1e-200), ("r_ill", 1e-310)])
-def test_regularizer_values_beyond_float64_range_are_inf(which, scale, device):
-    """Given exact eigenpairs, a value beyond float64's range is +inf, as float32's is
-    (README, test_values_beyond_float32_range_are_inf_not_errors).
-
-    Was: ||S||_F^2 and lam^2 squared unscaled in float64: NaN (inf - inf) from r_well, and a
-    false "kappa = 1" error from r_ill (D underflowed to 0).
-    """
-    S = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=f64, device=device) * scale)
-    e = torch.eye(3, dtype=f64, device=device)
-    if which == "r_well":  # 9e400/2 - 14e400/6 > 0: +inf
-        value = ops.r_well(S, torch.tensor(3 * scale, dtype=f64, device=device), e[2], 3)
-    else:  # D = 14e-400/6 - 1e-400/2 > 0, 1/D ~ 5e399: +inf
-        value = ops.r_ill(S, torch.tensor(scale, dtype=f64, device=device), e[0], 3)
-    assert value.item() == math.inf
-
-
-@pytest.mark.parametrize("value", [NAN, math.inf])
-@pytest.mark.parametrize("name", ["r_ill", "r_well"])
-def test_raw_regularizers_refuse_non_finite_S(name, value, impl, device):
-    """README "Bad input": on the CPU, NaN/Inf in S raises a ValueError saying so.
-
-    Was: the raw ops did not check S: r_well returned NaN/-inf, r_ill blamed D = 0 (kappa = 1).
-    """
-    if not impl.raises_on_bad_values:
-        pytest.skip("the native CUDA kernels return NaN for bad values (test_cuda.py)")
-    S = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=f64, device=device))
-    lam_min, lam_max, u_min, u_max = F.extreme_eigh(S, rtol=0.0)
-    S[0, 1] = S[1, 0] = value
-    lam, u = (lam_min, u_min) if name == "r_ill" else (lam_max, u_max)
-    with pytest.raises(ValueError, match=rf"condnum\.{name}: S contains NaN or Inf"):
-        getattr(ops, name)(S, lam, u, 3)
-
-
-def test_gram_is_bit_identical_across_layouts():
-    """gram(view) == gram(view.contiguous()) bit for bit, as for the ops on S.
-
-    Was: BLAS ran on the strided view, so the summation order (and the last bits) depended
-    on Z's layout.
-    """
-    g = torch.Generator().manual_seed(0)
-    for dtype, (n, d) in [(f64, (64, 64)), (f64, (300, 129)), (f32, (300, 129)), (f32, (1000, 10))]:
-        Z = torch.randn(n, d, generator=g, dtype=dtype)
-        for layout in ("column-major", "stepped"):
-            assert torch.equal(F.gram(relayout(Z, layout)), F.gram(Z))
-
-
-@pytest.mark.parametrize(("dtype", "scale"), [(f32, 1e-10), (f64, 1e-80)])
-def test_r_ill_gradient_of_a_small_S_is_finite(dtype, scale, device):
-    """dR_ill/dS = R^2 (lam u u^T - S/k) for S = diag(1, 2, 3) * scale: entries ~ scale^-3
-    (2e29 in float32, 2e239 in float64) are representable, so they come back finite.
-
-    Was: R^2/k was cast to S's dtype (float32) or R^2 formed alone (float64) before the
-    product with S: -inf or NaN.
-    """
-    S64 = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=f64) * scale)
-    S = S64.to(device=device, dtype=dtype).requires_grad_()
-    (grad,) = torch.autograd.grad(F.r_ill(S, rtol=0.0), S)
-    grad = grad.cpu()
-    R = 1 / (S64.square().sum().item() / 6 - 0.5 * scale**2)
-    e = torch.eye(3, dtype=f64)
-    expected = R * (R * (scale * torch.outer(e[0], e[0]) - S64 / 3))  # no overflow
-    atol = VALUE_RTOL[dtype] * expected.abs().max().item()
-    torch.testing.assert_close(grad.double(), expected, rtol=VALUE_RTOL[dtype], atol=atol)
-
-
-def test_regularizer_values_are_bit_identical_across_layouts():
-    """r_ill(view) / r_well(view) == the values for a contiguous copy, bit for bit.
-
-    Was: ||S||_F^2 came from a torch reduction over the strided view, whose summation order
-    depends on the layout.
-    """
-    g = torch.Generator().manual_seed(0)
-    A = torch.randn(40, 40, generator=g, dtype=f64)
-    S = A @ A.T
-    lam_min, lam_max, u_min, u_max = F.extreme_eigh(S, rtol=0.0)
-    for layout in ("stepped", "padded", "as_strided"):
-        view = relayout(S, layout)
-        assert torch.equal(ops.r_ill(view, lam_min, u_min, 40), ops.r_ill(S, lam_min, u_min, 40))
-        assert torch.equal(ops.r_well(view, lam_max, u_max, 40), ops.r_well(S, lam_max, u_max, 40))
-
-
-@pytest.mark.parametrize("case", ["ones(2, 2)", "Z^T Z, N = 8 < d = 115"])
-def test_rank_deficient_float64_with_the_default_rtol(case, device):
-    """The bottom of the numerical range of a rank-deficient S (default rtol) to 1e-6.
-
-    Was: in shift-and-invert through S + tau I, tau ~ rtol lam_max = d eps lam_max, the zero
-    eigenvalues map to 1/tau and swamp 1/lam_min in float64; the Krylov space looked
-    invariant, err = 0, and lam_min was off by up to ~1e-2 (6e-3 here) without a warning.
-    """
-    if case == "ones(2, 2)":  # eigenvalues {2, 0}: the numerical range is {2}
-        S = torch.ones(2, 2, dtype=f64)
-    else:
-        g = torch.Generator().manual_seed(0)
-        Z = torch.randn(8, 115, generator=g, dtype=f64)
-        S = Z.T @ Z
-    ref_min, _ = reference.float64_extremes(S, dtype_rtol(S))
-    lam_min, _, _, _ = F.extreme_eigh(S.to(device))
-    assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]
-
-
-def test_a_one_step_budget_warns_instead_of_blaming_S(device):
-    """README: when the budget runs out, a UserWarning gives the error bound reached.
-
-    Was: with num_iters = 1 on a rank-deficient S, shift-and-invert's one Ritz value mixed
-    in the null space, and the error blamed S or rtol ("S is numerically zero or rtol is too
-    large").
-    """
-    S = spd_from_spectrum(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2, f32).to(device)  # rank 3
-    try:
-        _call(F.extreme_eigh, S, num_iters=1, rtol=0.1, tol=0.1)
-    except ValueError as err:
-        assert "num_iters" in str(err), err
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="README limitation: single-vector Lanczos accepts a Ritz value of the unresolved "
-    "cluster {1, 1.0012, 1.0014} x 1e-2 at the bottom (err = 7e-5 is honest for the third "
-    "eigenvalue, not for lam_min): 1.4e-3 relative, over EIG_RTOL",
-)
-def test_clustered_bottom_float32(device):
-    """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=9)."""
-    S = spd_from_spectrum(log_spectrum(175, 100.0, 1), 1, f32)
-    ref_min, _ = reference.float64_extremes(S, 1e-3)
-    lam_min, _, _, _ = F.extreme_eigh(S.to(device), rtol=1e-3)
-    assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f32]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fixed start vector's component along this S's top eigenvector is 1.4e-4 "
-    "(typically 0.08): Lanczos converges to the second eigenvalue first and accepts it at "
-    "float32's default tol (err 5e-5 is honest for it): lam_max 1 % low, no warning (README,"
-    " Limitations)",
-)
-@pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
-def test_start_vector_nearly_orthogonal_to_the_top_eigenvector(op, device):
-    """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=14): d = 159,
-    kappa = 1e3, eigenvalues 1 and 0.990 at the top."""
-    S = spd_from_spectrum(log_spectrum(159, 1e3, 159), 159, f32)
-    ref = torch.linalg.eigvalsh(S.double())[-1].item()
-    S = S.to(device)
-    lam_max = F.extreme_eigh(S, rtol=1e-3)[1] if op == "extreme_eigh" else F.top_eigh(S)[0]
-    assert rel_err(lam_max.item(), ref) <= EIG_RTOL[f32]
-
-
-def test_rank_deficient_float64_converges_within_d_steps(device):
-    """Found by test_regularizers_on_S_fuzz (--hardening-long --hypothesis-seed=22): 57
-    eigenvalues in [0.99, 1], 5 of them replaced by zeros. The null space swamped the first
-    shift-and-invert solve (9e-3 off, err 0.28); the wide-shift retry resolves it."""
-    ev = log_spectrum(57, 10**0.00390625, 0)
-    ev[2:7] = 0.0
-    S = spd_from_spectrum(ev, 0, f64)
-    ref_min, _ = reference.float64_extremes(S, dtype_rtol(S))
-    (lam_min, _, _, _), bound = _call(F.extreme_eigh, S.to(device))
-    assert bound is None
-    assert rel_err(lam_min.item(), ref_min) <= EIG_RTOL[f64]
