@@ -16,7 +16,7 @@
   (House Prices ``X_P^T X_P``: 1.8e9, against 7.8e3 under the relative rule) and
   depends on the scale of ``S``. Use it to compare with the paper's tables.
 
-Relative immunization ratio (DESIGN.md §1), with ``H(theta) = Z^T Z`` the Hessian of the
+Relative immunization ratio (the paper's RIR), with ``H(theta) = Z^T Z`` the Hessian of the
 bad actor's least-squares probe on features ``Z = f_theta(X)``::
 
     RIR = [kappa(H_H(theta_I)) / kappa(H_H(ref))] / [kappa(H_P(theta_I)) / kappa(H_P(ref))]

@@ -4,8 +4,8 @@
     python examples/house_prices.py --quick         # 1 seed, 60 steps (about a minute)
 
 Primary task D_P: rows with MSZoning != RL (target LotArea); harmful D_H: MSZoning == RL
-(target SalePrice); train on the first 200 rows of each, test on the next 100 (DESIGN.md
-section 2). Prints (i), (ii), RIR (mean ± std over seeds) under the paper's kappa rule
+(target SalePrice); train on the first 200 rows of each, test on the next 100 (the
+authors' split). Prints (i), (ii), RIR (mean ± std over seeds) under the paper's kappa rule
 beside the paper's numbers, the same under the relative rule, and the primary test MSE
 against a plain linear fit; writes the attacker's norm-ratio curves (Fig. 1), kappa
 histories and all numbers (JSON) to --out.

@@ -30,7 +30,7 @@ VALUE_RTOL = {torch.float32: 2e-3, torch.float64: 1e-6}
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-#: ``--hardening-long`` multiplies the fuzz tests' hypothesis examples by this (issue 6).
+#: ``--hardening-long`` multiplies the fuzz tests' hypothesis examples by this.
 LONG_EXAMPLES_FACTOR = 10
 _hardening_long = False  # set from the command line by pytest_configure
 

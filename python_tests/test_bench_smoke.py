@@ -1,6 +1,6 @@
 """Smoke runs of the benchmark scripts (bench/): each runs its --quick cases with a tiny
-timing budget, must exit 0, and must save a JSON whose rows carry the columns the README
-quotes. Timings are not checked (performance is measured, never asserted)."""
+timing budget, must exit 0, and must save a JSON whose rows carry the columns the
+performance tables quote. Timings are not checked (performance is measured, never asserted)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from condnum import reference
 
 ops = torch.ops.condnum
 pytestmark = pytest.mark.usefixtures("impl")
-#: float32 matrices are tested up to this kappa, float64 ones up to 1e8 (issue 2).
+#: float32 matrices are tested up to this kappa, float64 ones up to 1e8.
 MAX_LOG10_KAPPA = {torch.float32: 5, torch.float64: 8}
 
 

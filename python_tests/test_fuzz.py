@@ -68,7 +68,7 @@ HALF = (f16, bf16)
 
 #: Largest matrix dimension fuzzed ("large d"): beyond DEFAULT_NUM_ITERS = 128 Lanczos steps.
 MAX_D = 640 if is_hardening_long() else 300
-#: kappa(S) fuzzed, as in test_extreme_eigh (issue 2's accuracy targets).
+#: kappa(S) fuzzed, as in test_extreme_eigh.
 MAX_LOG10_KAPPA = {f32: 5, f64: 8}
 #: Overall scales 10**[-s, s] fuzzed on S: far beyond where squares of the entries leave the
 #: dtype's range (test_eigensolvers_at_extreme_scales), with kappa's room below.
@@ -115,14 +115,14 @@ def _eig_tol(dtype: torch.dtype, bound: float | None) -> float:
     return EIG_RTOL[dtype] if bound is None else max(EIG_RTOL[dtype], 2 * bound)
 
 
-#: README, Limitations: single-vector Lanczos may settle on a neighbour of an extreme
-#: eigenvalue "within about 1e-3 relative" (pinned: test_clustered_bottom_float32; farther
+#: Single-vector Lanczos may settle on a neighbour of an extreme eigenvalue within about
+#: 1e-3 relative, a documented limitation (pinned: test_clustered_bottom_float32; farther
 #: neighbours: test_start_vector_nearly_orthogonal_to_the_top_eigenvector).
 NEIGHBOUR_RTOL = 2e-3
 
 
 def _assert_documented_neighbour(S: torch.Tensor, lam: float, ref: float, tol: float) -> None:
-    """``lam`` missed the extreme eigenvalue ``ref`` only as the README's limitation allows: it
+    """``lam`` missed the extreme eigenvalue ``ref`` only as that limitation allows: it
     is another eigenvalue of S (to ``tol``), and one within NEIGHBOUR_RTOL of ``ref``."""
     ev = torch.linalg.eigvalsh(S.double())
     nearest = ev[(ev - lam).abs().argmin()].item()
@@ -464,7 +464,7 @@ def test_solver_budget_warm_start_and_error_bound(case, num_iters, log_tol, warm
 )
 def test_non_finite_S_is_refused_by_every_entry_point(d, dtype, value, i, j, symmetric, layout):
     """NaN/+-Inf anywhere in S (on or off the diagonal, mirrored or not): a ValueError that
-    names the op and S, from each functional, module and raw solver (README "Bad input")."""
+    names the op and S, from each functional, module and raw solver."""
     S = spd_from_spectrum(log_spectrum(d, 100.0, d), d, dtype)
     S[i % d, j % d] = value
     if symmetric:
@@ -566,7 +566,7 @@ def test_stride_zero_and_overlapping_views(d, dtype, log_c, kind, seed, impl):
     layout=st.sampled_from(LAYOUTS),
 )
 def test_all_zero_inputs(d, n, dtype, layout, impl):
-    """S = 0 and Z = 0 (README "Degenerate spectra"): extreme_eigh returns zeros and unit
+    """S = 0 and Z = 0: extreme_eigh returns zeros and unit
     vectors, condition_number says why it is undefined, R_ill is +inf (RIll does not push),
     R_well is 0 with a zero gradient, on any size and layout."""
     S = relayout(torch.zeros(d, d, dtype=dtype), layout)
@@ -932,8 +932,8 @@ VALUE_ERRORS = r"NaN or Inf|symmetric|positive semi-definite|finite and nonzero|
 @given(call=raw_op_calls())
 def test_raw_ops_fake_kernels_agree_with_the_cpu(call):
     """Each raw op, valid or not, on the CPU and on meta: the same output shapes and dtypes,
-    or a ValueError naming the same op and argument (README: "fake kernels check shapes and
-    dtypes in the same order as the C++ checks")."""
+    or a ValueError naming the same op and argument: the fake kernels check shapes and
+    dtypes in the same order as the C++ checks."""
     name, args = call
     op = getattr(ops, name)
     try:

@@ -1,4 +1,4 @@
-"""Determinism, thread safety and memory stability of the CPU ops (issue 6, first part)."""
+"""Determinism, thread safety and memory stability of the CPU ops ."""
 
 import concurrent.futures
 import os
@@ -32,7 +32,7 @@ def test_repeated_calls_are_bit_identical():
 def test_thread_count_changes_only_the_factorised_bottom_end_at_rounding_level():
     """gram and Lanczos on S are bit-identical across thread counts; the shift-and-invert
     bottom end goes through MKL's factorisation, whose blocking depends on the thread
-    count, so lam_min / u_min may differ in the last bits (documented in README)."""
+    count, so lam_min / u_min may differ in the last bits."""
     S = _case(1, d=300)
     Z = torch.randn(500, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()

@@ -133,7 +133,7 @@ def test_eigensolvers_at_extreme_scales(dtype, scale, device):
 @pytest.mark.parametrize(("which", "scale"), [("r_well", 1e200), ("r_ill", 1e-200), ("r_ill", 1e-310)])
 def test_regularizer_values_beyond_float64_range_are_inf(which, scale, device):
     """Given exact eigenpairs, a value beyond float64's range is +inf, as float32's is
-    (README, test_values_beyond_float32_range_are_inf_not_errors).
+    (test_values_beyond_float32_range_are_inf_not_errors).
 
     Was: ||S||_F^2 and lam^2 squared unscaled in float64: NaN (inf - inf) from r_well, and a
     false "kappa = 1" error from r_ill (D underflowed to 0).
@@ -150,7 +150,7 @@ def test_regularizer_values_beyond_float64_range_are_inf(which, scale, device):
 @pytest.mark.parametrize("value", [NAN, math.inf])
 @pytest.mark.parametrize("name", ["r_ill", "r_well"])
 def test_raw_regularizers_refuse_non_finite_S(name, value, impl, device):
-    """README "Bad input": on the CPU, NaN/Inf in S raises a ValueError saying so.
+    """On the CPU, NaN/Inf in S raises a ValueError saying so.
 
     Was: the raw ops did not check S: r_well returned NaN/-inf, r_ill blamed D = 0 (kappa = 1).
     """
@@ -232,7 +232,7 @@ def test_rank_deficient_float64_with_the_default_rtol(case, device):
 
 
 def test_a_one_step_budget_warns_instead_of_blaming_S(device):
-    """README: when the budget runs out, a UserWarning gives the error bound reached.
+    """When the budget runs out, a UserWarning gives the error bound reached.
 
     Was: with num_iters = 1 on a rank-deficient S, shift-and-invert's one Ritz value mixed
     in the null space, and the error blamed S or rtol ("S is numerically zero or rtol is too
