@@ -35,6 +35,17 @@ def _check_square(S: torch.Tensor, op: str, arg: str = "S") -> None:
         _fail(op, f"{arg} must be square, got shape {list(S.shape)}")
 
 
+def resolve_k(S: torch.Tensor, k: int | None, op: str) -> int:
+    """The regularizers' ``k``: ``d`` when None, else a positive int (ValueError naming ``op``)."""
+    if k is None:
+        return S.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"condnum.{op}: k must be a positive int, got {k!r}")
+    if k <= 0:
+        raise ValueError(f"condnum.{op}: k must be positive, got {k}")
+    return k
+
+
 def _check_same(a: torch.Tensor, b: torch.Tensor, op: str, arg_a: str, arg_b: str) -> None:
     if a.device != b.device:
         _fail(op, f"{arg_a} and {arg_b} must be on the same device, got {a.device} and {b.device}")

@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from condnum._ops import _check_square, ops
+from condnum._ops import _check_square, ops, resolve_k
 from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
 
 __all__ = [
@@ -150,16 +150,6 @@ def condition_number(S: torch.Tensor, rtol: float | None = None) -> torch.Tensor
     return lam_max / lam_min
 
 
-def _resolve_k(S: torch.Tensor, k: int | None, op: str) -> int:
-    if k is None:
-        return S.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"condnum.{op}: k must be a positive int, got {k!r}")
-    if k <= 0:
-        raise ValueError(f"condnum.{op}: k must be positive, got {k}")
-    return k
-
-
 class FlooredMin(NamedTuple):
     """The bottom of the spectrum as ``R_ill`` uses it (see :func:`floored_min`)."""
 
@@ -246,7 +236,7 @@ def r_ill(
     value, not ``+inf``). Differentiable w.r.t. ``S``: ``(sigma_min u u^T - S/k) / D^2``.
     """
     _check_square(S, "r_ill")
-    k = _resolve_k(S, k, "r_ill")
+    k = resolve_k(S, k, "r_ill")
     if edge == "floor":
         m = floored_min(S, rtol, num_iters=num_iters, tol=tol)
         return ops.r_ill(S, m.lam, m.u, k)
@@ -270,6 +260,6 @@ def r_well(
     eigenspace is a valid subgradient.
     """
     _check_square(S, "r_well")
-    k = _resolve_k(S, k, "r_well")
+    k = resolve_k(S, k, "r_well")
     lam_max, u_max = top_eigh(S.detach(), num_iters=num_iters, tol=tol)
     return ops.r_well(S, lam_max, u_max, k)

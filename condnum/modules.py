@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from condnum import functional as F
-from condnum._ops import _check_square, ops
+from condnum._ops import _check_square, ops, resolve_k
 from condnum.defaults import dtype_rtol
 from condnum.distributed import all_reduce_gram
 
@@ -130,7 +130,7 @@ class _SpectralRegularizer(nn.Module):
             S = F.gram(Z)
         if self.normalize:
             S = S * (S.shape[0] / S.diagonal().sum())
-        k = F._resolve_k(S, self.k, name)
+        k = resolve_k(S, self.k, name)
         return S, k
 
     def _warm(self, buf: torch.Tensor, S: torch.Tensor) -> torch.Tensor | None:

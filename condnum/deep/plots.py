@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from condnum.immunize.plots import _pyplot, _save
+from condnum._figures import pyplot, save_figure
 
 __all__ = ["plot_attack", "plot_training"]
 
 
 def plot_attack(curves: Mapping[str, Sequence[float]], path: str | Path, *, title: str) -> Path:
     """Harmful test accuracy of the linear probe per epoch, one curve per model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for model, acc in curves.items():
         ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], label=model)
@@ -21,12 +21,12 @@ def plot_attack(curves: Mapping[str, Sequence[float]], path: str | Path, *, titl
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_training(history: Mapping[str, Sequence[float]], path: str | Path, *, title: str) -> Path:
     """Task loss, R_well and R_ill per step (R on a log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = ("task", "r_well", "r_ill")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
@@ -37,4 +37,4 @@ def plot_training(history: Mapping[str, Sequence[float]], path: str | Path, *, t
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)

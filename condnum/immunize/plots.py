@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from condnum._figures import pyplot, save_figure
+
 if TYPE_CHECKING:
     from condnum.immunize.runs import Attack
 
@@ -19,22 +21,13 @@ __all__ = ["plot_kappa_history", "plot_norm_ratios", "plot_rir_heatmap"]
 FLOOR = 1e-16
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_norm_ratios(attacks: Mapping[str, Attack], path: str | Path, *, title: str = "") -> Path:
     """The attacker per task, raw vs immunized features: norm ratio (top, the paper's Fig. 1)
     ``||w_t - w*||^2 / ||w_0 - w*||^2`` and excess loss (bottom) ``(L_t - L*)/(L_0 - L*)``.
 
     ``attacks`` maps a task name (e.g. ``"primary D_P"``) to a :class:`runs.Attack`.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = len(attacks)
     fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 6.2), squeeze=False, sharex="col")
     for col, (task, a) in enumerate(attacks.items()):
@@ -53,14 +46,14 @@ def plot_norm_ratios(attacks: Mapping[str, Attack], path: str | Path, *, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_kappa_history(
     history: Mapping[str, Sequence[float]], path: str | Path, *, title: str = ""
 ) -> Path:
     """``kappa(H_P)`` and ``kappa(H_H)`` per accepted iteration (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for key, label in (("kappa_P", "κ(H_P) primary"), ("kappa_H", "κ(H_H) harmful")):
         if history.get(key):
@@ -70,12 +63,12 @@ def plot_kappa_history(
     ax.set_title(title or "immunization")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_rir_heatmap(rir: torch.Tensor, path: str | Path, *, title: str = "ln RIR") -> Path:
     """Heatmap of ``ln RIR`` for ordered digit pairs: ``rir[p, h]`` (NaN where not run)."""
-    plt = _pyplot()
+    plt = pyplot()
     if rir.shape != (10, 10):
         raise ValueError(f"rir must be (10, 10), got {tuple(rir.shape)}")
     ln = torch.where(rir > 0, rir.double().log(), torch.full_like(rir.double(), math.nan))
@@ -94,12 +87,4 @@ def plot_rir_heatmap(rir: torch.Tensor, path: str | Path, *, title: str = "ln RI
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, path)
