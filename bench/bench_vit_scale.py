@@ -2,7 +2,8 @@
 
 For each feature size d (768 ViT-B, 1024 ViT-L, 1280 ViT-H, 4096 LLM) and feature kind
 (``pooled``: mean over tokens, Z (64, d); ``tokens``: every token, Z (64 T, d)), on the
-random transformer stack of examples/vit_scale.py (its ``setup``, same inputs):
+random transformer stack of :mod:`condnum.deep.scale` (its ``setup``, as
+examples/vit_scale.py):
 
   block_ms      one training step of the last block: forward + backward, batch of 64
                 sequences of T tokens (the block's cost does not depend on the feature kind);
@@ -23,16 +24,13 @@ takes minutes; pooled fractions fall as T grows, token fractions barely move.
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import _harness as H
 import torch
 
 from condnum import reference as R
-
-sys.path.insert(0, str(H.ROOT / "examples"))
-import vit_scale as V  # noqa: E402
+from condnum.deep import scale as V
 
 FEATURES = ["pooled", "tokens"]
 

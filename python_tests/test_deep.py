@@ -1,7 +1,7 @@
 """Deep networks: immunizing a last block, half-precision features, torch.compile, DDP, ViT scale.
 
-The immunization tests run the code of examples/deep_immunization.py and
-examples/vit_scale.py itself (loaded from the file), at a few epochs on the bundled digits.
+The immunization test runs examples/deep_immunization.py itself (loaded from the file), at
+a few epochs on the bundled digits; the ViT-scale test runs :mod:`condnum.deep.scale`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 import condnum
 from condnum import functional as CF
 from condnum import reference as R
+from condnum.deep import scale
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -244,8 +245,7 @@ def test_ddp_step_with_lambda_times_world_size_equals_single_process_global_batc
 
 @pytest.mark.parametrize("features", ["pooled", "tokens"])
 def test_vit_scale_regularizers_on_transformer_features(features, one_thread):
-    vs = _example("vit_scale")
-    s = vs.setup(128, tokens=4, features=features, device=torch.device("cpu"), depth=2)
+    s = scale.setup(128, tokens=4, features=features, device=torch.device("cpu"), depth=2)
     n = 64 if features == "pooled" else 256
     assert s.z_P[0].shape == (n, 128)
     Z_P, Z_H = s.next_features()
@@ -257,7 +257,7 @@ def test_vit_scale_regularizers_on_transformer_features(features, one_thread):
         return Z.T @ Z if Z.shape[0] >= Z.shape[1] else Z @ Z.T
 
     Zr_P, Zr_H = Z_P.detach().requires_grad_(), Z_H.detach().requires_grad_()
-    k = min(n, 128)  # the rank of Z^T Z, as vit_scale.setup passes
+    k = min(n, 128)  # the rank of Z^T Z, as scale.setup passes
     ref = R.r_well(small_gram(Zr_P), k=k) + R.r_ill(small_gram(Zr_H), k=k)
     ref.backward()
     assert _rel(ours.detach(), ref.detach()) < 1e-3
@@ -265,5 +265,5 @@ def test_vit_scale_regularizers_on_transformer_features(features, one_thread):
 
     block0 = copy.deepcopy(s.block.state_dict())
     opt = torch.optim.SGD(s.block.parameters(), lr=1e-3, momentum=0.9)
-    assert torch.isfinite(torch.tensor(vs.immunization_step(s, opt, lam=1e-3)))
+    assert torch.isfinite(torch.tensor(scale.immunization_step(s, opt, lam=1e-3)))
     assert any(not torch.equal(v, s.block.state_dict()[k]) for k, v in block0.items())
