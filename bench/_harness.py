@@ -114,23 +114,15 @@ def sample_sizes(args: argparse.Namespace, d: int) -> list[int]:
 # --------------------------------------------------------------------------- environment
 
 
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5)
+
+
 def _git_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        out = _git("rev-parse", "--short", "HEAD")
         commit = out.stdout.strip() if out.returncode == 0 else "none"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         return commit + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -7,6 +7,7 @@ small multiple of plain ``torch.linalg.eigvalsh``'s error in the same dtype.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Iterator
@@ -163,13 +164,29 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on a shared 2-core machine OpenMP barriers stall 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a whole module of small-matrix tests, where threads only add
+    synchronisation cost on a shared CPU."""
+    with _single_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------- implementations

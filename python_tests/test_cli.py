@@ -13,13 +13,7 @@ from condnum.cli import main
 from condnum.immunize import load_extractor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: threads only add synchronisation cost on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_demo_quick_prints_table_and_writes_png(tmp_path, capsys):

@@ -33,13 +33,7 @@ FAST_STEPS = 200
 ATTACK_BUDGET = 800
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """64 x 64 products gain nothing from threads, and lose a lot on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
