@@ -138,7 +138,9 @@ def top_eigh(
 
 
 def condition_number(S: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
-    """``kappa(S) = lam_max / lam_min`` over the numerical range (see ``extreme_eigh``).
+    """``kappa(S) = lam_max / lam_min`` over the numerical range (see ``extreme_eigh``), in
+    S's dtype, ``rtol`` defaulting to the ops' ``d * eps`` (:func:`condnum.defaults.dtype_rtol`);
+    :func:`condnum.metrics.kappa` measures in float64 with ``rtol = 1e-12`` instead.
 
     Measurable up to about ``1/rtol``; pass float64 ``S`` for kappa beyond ~1e6.
     Raises ``ValueError`` for ``S = 0``.

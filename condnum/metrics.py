@@ -137,7 +137,8 @@ def kappa(
         rule: ``"relative"``: ``sigma_min`` = smallest eigenvalue above
             ``rtol * lambda_max``; ``"paper"``: eigenvalues of ``S + 1e-6 I``, smallest
             above 1e-6 (module docstring).
-        rtol: for ``"relative"``; default :data:`KAPPA_RTOL`.
+        rtol: for ``"relative"``; default :data:`~condnum.defaults.KAPPA_RTOL` (1e-12, not
+            the ops' ``d * eps`` of :func:`condnum.functional.condition_number`).
         backend: for ``"relative"``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``),
             ``"condnum"`` (``condnum.functional.condition_number``, the library's Lanczos
             kernels; also ``"auto"``). ``"paper"`` always uses eigvalsh, as the authors did.
