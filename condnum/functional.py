@@ -11,7 +11,8 @@ probe on features ``Z``.
 
 For kappa, ``sigma_min`` is taken over the numerical range: the smallest eigenvalue above
 ``rtol * sigma_max``, ``rtol = d * eps(S.dtype)`` by default
-(:func:`condnum.defaults.dtype_rtol`; :mod:`condnum.metrics` measures with 1e-12). ``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
+(:func:`condnum.defaults.dtype_rtol`; :mod:`condnum.metrics` measures with 1e-12).
+``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
 (:func:`floored_min`), which is continuous where eigenvalues leave the range.
 Gradients are analytic (``dR_well/dS = sigma_max v v^T - S/k``, ``dR_ill/dS =
 (sigma_min u u^T - S/k) / D^2``): no eigendecomposition is differentiated.
@@ -45,7 +46,6 @@ __all__ = [
 
 #: What ``sigma_min`` is at the edge of the numerical range (see :func:`r_ill`).
 Edge = Literal["floor", "range"]
-
 
 
 def gram(Z: torch.Tensor) -> torch.Tensor:

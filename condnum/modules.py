@@ -85,7 +85,7 @@ class _SpectralRegularizer(nn.Module):
         if input not in ("features", "gram"):
             raise ValueError(f"input must be 'features' or 'gram', got {input!r}")
         if k is not None:
-            F._resolve_k(torch.empty(1, 1), k, type(self).__name__)
+            resolve_k(torch.empty(1, 1), k, type(self).__name__)
         self.k, self.input, self.normalize = k, input, normalize
         self.num_iters, self.tol, self.process_group = num_iters, tol, process_group
         self.register_buffer("u_min", torch.zeros(0))

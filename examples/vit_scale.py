@@ -48,6 +48,7 @@ from condnum.deep.scale import (
     setup,
 )
 
+
 def median_ms(fn, min_run_time: float) -> float:
     """Median wall time of ``fn()`` in ms (``blocked_autorange``, CUDA synchronised)."""
     fn()

@@ -19,9 +19,8 @@ from conftest import (
 )
 
 import condnum
-from condnum import _policy
+from condnum import _policy, reference
 from condnum import functional as F
-from condnum import reference
 
 ops = torch.ops.condnum
 CSRC = Path(__file__).resolve().parents[1] / "csrc"

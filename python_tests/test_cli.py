@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from condnum.cli import main
 from condnum.immunize import load_extractor
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

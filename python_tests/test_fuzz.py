@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 
 import pytest
 import torch
@@ -379,7 +378,9 @@ def test_extreme_eigh_fuzz(case, layout):
     d, dtype = S.shape[0], S.dtype
     view = relayout(S, layout)
     (lam_min, lam_max, u_min, u_max), bound = call_with_bound(F.extreme_eigh, view, rtol=rtol)
-    _assert_identical((lam_min, lam_max, u_min, u_max), call_with_bound(F.extreme_eigh, S, rtol=rtol)[0])
+    _assert_identical(
+        (lam_min, lam_max, u_min, u_max), call_with_bound(F.extreme_eigh, S, rtol=rtol)[0]
+    )
     for t, shape in ((lam_min, ()), (lam_max, ()), (u_min, (d,)), (u_max, (d,))):
         assert t.shape == shape and t.dtype == dtype
     rtol_eff = dtype_rtol(S) if rtol is None else rtol
@@ -513,7 +514,9 @@ def test_denormal_entries_are_ordinary_values(d, dtype, n_entries, layout, seed)
             int(torch.randint(h, d, (1,), generator=g)),
         )
         S[i, j] = S[j, i] = DENORMAL[dtype]
-    (lam_min, lam_max, _, _), bound = call_with_bound(F.extreme_eigh, relayout(S, layout), rtol=1e-4)
+    (lam_min, lam_max, _, _), bound = call_with_bound(
+        F.extreme_eigh, relayout(S, layout), rtol=1e-4
+    )
     ref_min, ref_max = reference.float64_extremes(S, 1e-4)
     assert rel_err(lam_max.item(), ref_max) <= _eig_tol(dtype, bound)
     assert rel_err(lam_min.item(), ref_min) <= _eig_tol(dtype, bound)

@@ -130,7 +130,9 @@ def test_eigensolvers_at_extreme_scales(dtype, scale, device):
     assert rel_err(lam_top.item(), ref_max) <= EIG_RTOL[dtype]
 
 
-@pytest.mark.parametrize(("which", "scale"), [("r_well", 1e200), ("r_ill", 1e-200), ("r_ill", 1e-310)])
+@pytest.mark.parametrize(
+    ("which", "scale"), [("r_well", 1e200), ("r_ill", 1e-200), ("r_ill", 1e-310)]
+)
 def test_regularizer_values_beyond_float64_range_are_inf(which, scale, device):
     """Given exact eigenpairs, a value beyond float64's range is +inf, as float32's is
     (test_values_beyond_float32_range_are_inf_not_errors).

@@ -415,7 +415,9 @@ def algorithm1(
             if nxt is not None and nxt.objective <= BLOWUP * abs(cur.objective) + 1e-12:
                 break
             reason = (
-                "non-finite objective" if nxt is None else f"objective blew up to {nxt.objective:.3g}"
+                "non-finite objective"
+                if nxt is None
+                else f"objective blew up to {nxt.objective:.3g}"
             )
             if not ctrl.reject(t, reason, severe=True):
                 break
