@@ -1,6 +1,6 @@
 """What is specific to the native CUDA kernels (``CONDNUM_BACKEND=native`` on CUDA).
 
-The op tests of test_extreme_eigh, test_gram, test_regularizers and test_fuzz run on CUDA
+The op tests of test_extreme_eigh, test_gram, test_regularizers and test_regressions run on CUDA
 for both backends through conftest's (device, backend) parametrization; this file keeps
 what only the hand-written kernels do: NaN (+inf for R_ill) instead of value errors,
 ignored zero warm starts, their size limit, agreement with the CPU kernels, no host

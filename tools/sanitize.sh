@@ -24,6 +24,7 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 cd "$root/python_tests"  # not the repository root: import the installed, sanitized package
 if [ $# -eq 0 ]; then  # the native kernels only: the portable path has no C++ to sanitize
   set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py test_fuzz.py \
+    test_regressions.py \
     -k "not portable"
 fi
 "$venv/bin/pytest" -q -p no:cacheprovider "$@"
