@@ -186,7 +186,9 @@ def main() -> None:
                 results[part.name] = {"status": "skipped (budget spent)", "seconds": 0.0,
                                       "backend": part.backend, "tables": {}}  # fmt: skip
                 continue
-            results[part.name] = run_part(part, args.device, args.quick, limit, Path(tmp), sys.stdout)
+            results[part.name] = run_part(
+                part, args.device, args.quick, limit, Path(tmp), sys.stdout
+            )
             env = env or results[part.name].get("env")
             print(f"# {part.name}: {results[part.name]['status']}", flush=True)
     (args.out / "bench_gpu.json").write_text(

@@ -87,7 +87,11 @@ def test_gpu_benchmarks_run_on_the_cpu(tmp_path):
     parts = data["parts"]
     assert set(parts) == {"eigh-64", "regularizers", "vit"}
     assert {row["method"] for row in parts["eigh-64"]["tables"]["main"]} == {
-        "ours", "ours_warm", "ours_top", "eigvalsh", "eigh"
+        "ours",
+        "ours_warm",
+        "ours_top",
+        "eigvalsh",
+        "eigh",
     }
     assert parts["regularizers"]["tables"]["_parts"]
     assert parts["vit"]["tables"]["main"][0]["ours_frac"] > 0
@@ -126,17 +130,26 @@ def _junit(path: Path, tests: int, skipped: int, failures: int = 0) -> None:
 
 @pytest.mark.parametrize(
     ("native_skipped", "racecheck", "passed", "verified"),
-    [(0, "passed", True, True), (5, "passed", False, False), (0, "timed out after 35 s", False, False)],
+    [
+        (0, "passed", True, True),
+        (5, "passed", False, False),
+        (0, "timed out after 35 s", False, False),
+        (0, "skipped: compute-sanitizer not found", True, False),
+    ],
 )
 def test_gpu_check_report_verdicts(tmp_path, native_skipped, racecheck, passed, verified):
     """A correctness stage that failed, timed out or ran no test (all skipped) fails the
-    check; the native kernels count as verified only when their stages all passed."""
-    stages = [("build", "correctness", "passed"), ("tests_portable", "correctness", "passed"),
-              ("tests_native", "correctness", "passed"), ("memcheck", "correctness", "passed"),
-              ("racecheck", "correctness", racecheck), ("bench", "benchmark", "failed (exit 1)")]  # fmt: skip
-    (tmp_path / "stages.tsv").write_text(
-        "".join(f"{n}\t{k}\t{s}\t3\t60\n" for n, k, s in stages)
-    )
+    check, a skipped one does not; the native kernels count as verified only when their
+    stages all passed."""
+    stages = [
+        ("build", "correctness", "passed"),
+        ("tests_portable", "correctness", "passed"),
+        ("tests_native", "correctness", "passed"),
+        ("memcheck", "correctness", "passed"),
+        ("racecheck", "correctness", racecheck),
+        ("bench", "benchmark", "failed (exit 1)"),
+    ]
+    (tmp_path / "stages.tsv").write_text("".join(f"{n}\t{k}\t{s}\t3\t60\n" for n, k, s in stages))
     _junit(tmp_path / "tests_portable.xml", 10, 2)
     _junit(tmp_path / "tests_native.xml", 5, native_skipped)
     cmd = [sys.executable, str(ROOT / "tools" / "gpu_check_report.py"), "--stages",

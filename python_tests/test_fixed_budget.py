@@ -51,9 +51,7 @@ def no_value_reads() -> Iterator[None]:
             setattr(torch.Tensor, name, method)
 
 
-@pytest.fixture(
-    params=["cpu", "cuda"], ids=lambda d: f"{d}-portable", scope="module"
-)
+@pytest.fixture(params=["cpu", "cuda"], ids=lambda d: f"{d}-portable", scope="module")
 def device(request) -> Iterator[torch.device]:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("CUDA is not available")
@@ -152,7 +150,9 @@ def test_breakdown_continues_without_spurious_eigenvalues(device):
     assert rel_err(lam_max.item(), ref_max) <= 1e-10
     assert rel_err(lam_min.item(), ref_min) <= 1e-8
     assert torch.isfinite(u_min).all() and torch.isfinite(u_max).all() and err.item() < 1e-8
-    eye = ops.extreme_eigh(torch.eye(7, dtype=torch.float64, device=device), 7, 1e-6, 0.0, None, None)
+    eye = ops.extreme_eigh(
+        torch.eye(7, dtype=torch.float64, device=device), 7, 1e-6, 0.0, None, None
+    )
     assert eye[0].item() == pytest.approx(1.0) and eye[1].item() == pytest.approx(1.0)
 
 

@@ -3,13 +3,15 @@
 #
 #   bash tools/gpu_check.sh [--dry-run] [OUT]        (OUT default: gpu_check_out)
 #
-# Stages, each under its own time limit (seconds; override with GPU_CHECK_<STAGE>_S, e.g.
-# GPU_CHECK_BUILD_S=300), so that the whole run ends within 8 minutes on one H100:
+# Stages, each under its own time limit (seconds; override with GPU_CHECK_<LIMIT>_S, LIMIT one
+# of BUILD, TESTS, MEMCHECK, RACECHECK, BENCH, e.g. GPU_CHECK_BUILD_S=300), so that the
+# whole run ends within 8 minutes on one H100:
 #   build           (correctness) editable CUDA build, CONDNUM_CUDA=ON, for this GPU's
 #                   architecture; the native CUDA kernels must register. If it fails, a
 #                   CONDNUM_CUDA=OFF build follows so that the portable path is still tested.
 #   tests_portable  (correctness) the op test suite on cuda, portable backend
 #   tests_native    (correctness) the op test suite on cuda, native backend, and test_cuda.py
+#                   (the two test stages run side by side, each under the tests limit)
 #   memcheck        (correctness) compute-sanitizer memcheck over tools/gpu_sanitize_ops.py
 #   racecheck       (correctness) compute-sanitizer racecheck over the same script
 #   bench           (benchmark)   bench/bench_gpu.py: condnum against torch.linalg on this GPU,
@@ -54,18 +56,24 @@ OP_TESTS=(python_tests/test_extreme_eigh.py python_tests/test_gram.py
 STAGES=(build tests_portable tests_native memcheck racecheck bench)
 declare -A KIND=([build]=correctness [tests_portable]=correctness [tests_native]=correctness
                  [memcheck]=correctness [racecheck]=correctness [bench]=benchmark)
-declare -A LIMIT=([build]=100 [tests_portable]=120 [tests_native]=60 [memcheck]=35
-                  [racecheck]=35 [bench]=100)
-for s in "${STAGES[@]}"; do
+declare -A LIMIT=([build]=100 [tests]=150 [memcheck]=35 [racecheck]=35 [bench]=110)
+for s in "${!LIMIT[@]}"; do
   var="GPU_CHECK_${s^^}_S"
   LIMIT[$s]="${!var:-${LIMIT[$s]}}"
 done
+LIMIT[tests_portable]=${LIMIT[tests]}
+LIMIT[tests_native]=${LIMIT[tests]}
+
+# pytest-xdist, where installed, spreads each test stage over 4 processes sharing the GPU.
+XDIST=""
+if "$PY" -c 'import xdist' >/dev/null 2>&1; then XDIST="-n 4"; fi
 
 pytest_cmd() {  # backend selector -> the pytest command line of a test stage
   local k="cuda-$1"
   local files=("${OP_TESTS[@]}")
   if [[ "$1" == native ]]; then k="cuda-native or test_cuda"; files+=(python_tests/test_cuda.py); fi
-  echo "$PY -m pytest -q -p no:cacheprovider -rfEs ${files[*]} -k '$k' --junitxml=\$work/$2.xml"
+  echo "$PY -m pytest -q -p no:cacheprovider -rfEs $XDIST ${files[*]} -k '$k'" \
+       "--junitxml=\$work/$2.xml"
 }
 
 if (( dry_run )); then
@@ -76,12 +84,12 @@ if (( dry_run )); then
       build) cmd="CONDNUM_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -e . -C build-dir=build/gpu-check" ;;
       tests_portable) cmd="$(pytest_cmd portable tests_portable)" ;;
       tests_native) cmd="$(pytest_cmd native tests_native)" ;;
-      memcheck|racecheck) cmd="compute-sanitizer --tool $s --error-exitcode 1 $PY tools/gpu_sanitize_ops.py" ;;
+      memcheck|racecheck) cmd="PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $s --error-exitcode 1 $PY tools/gpu_sanitize_ops.py" ;;
       bench) cmd="$PY bench/bench_gpu.py --out OUT --budget $((LIMIT[bench] - 15))" ;;
     esac
     printf '  %-15s %-12s %4s  %s\n' "$s" "${KIND[$s]}" "${LIMIT[$s]}" "$cmd"
-    total=$((total + LIMIT[$s]))
   done
+  total=$((LIMIT[build] + LIMIT[tests] + LIMIT[memcheck] + LIMIT[racecheck] + LIMIT[bench]))
   missing=()
   for f in "${OP_TESTS[@]}" python_tests/test_cuda.py tools/gpu_sanitize_ops.py \
            tools/gpu_check_report.py bench/bench_gpu.py bench/bench_eigh.py \
@@ -129,8 +137,9 @@ run_stage() {  # stage limit command... ; records passed / failed (exit N) / tim
   local stage=$1 limit=$2 start=$SECONDS rc status
   shift 2
   echo "== $stage (limit ${limit} s): $*" | tee -a "$log"
-  timeout --kill-after=5 "$limit" "$@" >>"$log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" >"$work/$stage.log" 2>&1
   rc=$?
+  { echo "== $stage output"; cat "$work/$stage.log"; } >>"$log"
   case $rc in
     0) status=passed ;;
     124|137) status="timed out after ${limit} s" ;;
@@ -160,12 +169,14 @@ else
 fi
 
 # ------------------------------------------------------------------ tests
-run_stage tests_portable "${LIMIT[tests_portable]}" bash -c "work=$work; $(pytest_cmd portable tests_portable)"
+# The two backends side by side: each run is mostly Python between small kernels.
+run_stage tests_portable "${LIMIT[tests]}" bash -c "work=$work; $(pytest_cmd portable tests_portable)" &
 if (( native_built )); then
-  run_stage tests_native "${LIMIT[tests_native]}" bash -c "work=$work; $(pytest_cmd native tests_native)"
+  run_stage tests_native "${LIMIT[tests]}" bash -c "work=$work; $(pytest_cmd native tests_native)" &
 else
   record tests_native "skipped: no native CUDA build" 0
 fi
+wait
 
 # ------------------------------------------------------------------ compute-sanitizer
 sanitizer=""
@@ -187,8 +198,9 @@ for tool in memcheck racecheck; do
   elif [[ -z "$sanitizer" ]]; then
     record "$tool" "skipped: compute-sanitizer not found (PATH, CUDA_HOME, nvcc's toolkit)" 0
   else
-    run_stage "$tool" "${LIMIT[$tool]}" "$sanitizer" --tool "$tool" --error-exitcode 1 \
-      "$PY" tools/gpu_sanitize_ops.py
+    # No caching allocator: every tensor its own cudaMalloc, so memcheck sees its bounds.
+    run_stage "$tool" "${LIMIT[$tool]}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$sanitizer" --tool "$tool" --error-exitcode 1 "$PY" tools/gpu_sanitize_ops.py
   fi
 done
 
