@@ -50,7 +50,9 @@ class Part:
 
 
 def plan(device: str, quick: bool, native: bool) -> list[Part]:
-    """The parts, sized for one H100 in about two minutes, or toy sizes with ``quick``."""
+    """The parts, sized for one H100 in about two minutes, or toy sizes with ``quick``.
+    Weights: shares of the time budget, guesses of each part's seconds on an H100
+    (startup about 5 s, then a few blocks of --min-run-time per method and matrix)."""
     eig_methods = ["--methods", "ours", "ours_warm", "ours_top", "eigvalsh", "eigh"]
     if quick:
         sizes = {64: ["geometric:1e4"]}
@@ -61,11 +63,16 @@ def plan(device: str, quick: bool, native: bool) -> list[Part]:
         sizes = {768: two, 2048: two, 4096: ["geometric:1e4"], 8192: ["geometric:1e4"]}
         reg = ["--d", "768", "--N", "4096"]
         vit = ["--d", "768"]
-    parts = [
-        Part(f"eigh-{d}", "bench_eigh.py", ["--d", str(d), "--spectra", *spectra, *eig_methods],
-             weight=max(1.0, d / 1024))
-        for d, spectra in sizes.items()
-    ]  # fmt: skip
+    parts = []
+    for d, spectra in sizes.items():
+        args = ["--d", str(d), "--spectra", *spectra, *eig_methods]
+        if d < 4096:
+            parts.append(Part(f"eigh-{d}", "bench_eigh.py", args, weight=10 + d / 512))
+        else:  # one part per dtype: a float64 overrun keeps the float32 rows
+            parts += [
+                Part(f"eigh-{d}-{t}", "bench_eigh.py", [*args, "--dtype", t], weight=w * d / 1024)
+                for t, w in (("float32", 2.0), ("float64", 3.0))
+            ]
     smallest = min(sizes)
     if native and device == "cuda":
         parts.append(
@@ -73,7 +80,7 @@ def plan(device: str, quick: bool, native: bool) -> list[Part]:
                 f"eigh-{smallest}-native",
                 "bench_eigh.py",
                 ["--d", str(smallest), "--spectra", *sizes[smallest], *eig_methods],
-                weight=1.0,
+                weight=10,
                 backend="native",
             )
         )
@@ -82,11 +89,11 @@ def plan(device: str, quick: bool, native: bool) -> list[Part]:
             "regularizers",
             "bench_regularizers.py",
             [*reg, "--methods", "ours", "ours_module", "reference", "--parts"],
-            weight=1.5,
+            weight=12,
             tables=["", "_parts"],
         )
     )
-    parts.append(Part("vit", "bench_vit_scale.py", vit, weight=1.5))
+    parts.append(Part("vit", "bench_vit_scale.py", vit, weight=15))
     return parts
 
 
@@ -94,7 +101,7 @@ def run_part(part: Part, device: str, quick: bool, limit: float, work: Path, log
     """Runs one part; returns {status, seconds, tables: {suffix: rows}, env}."""
     stem = work / f"{part.name}.json"
     cmd = [sys.executable, str(BENCH / part.script), "--device", device, "--name", str(stem)]
-    cmd += ["--quick", "--min-run-time", "0.01"] if quick else []
+    cmd += ["--quick", "--min-run-time", "0.01"] if quick else ["--min-run-time", "0.1"]
     cmd += part.args
     env = dict(os.environ, CONDNUM_BACKEND=part.backend, PYTHONUNBUFFERED="1")
     print(f"## {part.name} (backend {part.backend}, limit {limit:.0f} s): {' '.join(cmd)}",
@@ -159,7 +166,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="toy sizes (smoke run)")
     p.add_argument("--out", type=Path, required=True, help="folder for bench_gpu.{json,md}")
     p.add_argument(
-        "--budget", type=float, default=None, help="seconds for all parts (default 150, quick 900)"
+        "--budget", type=float, default=None, help="seconds for all parts (default 120, quick 900)"
     )
     p.add_argument("--only", nargs="*", default=None, help="run only these parts")
     args = p.parse_args()
@@ -175,7 +182,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     env = None
-    budget = args.budget or (900.0 if args.quick else 150.0)
+    budget = args.budget or (900.0 if args.quick else 120.0)
     deadline = time.monotonic() + budget
     with tempfile.TemporaryDirectory() as tmp:
         for i, part in enumerate(parts):

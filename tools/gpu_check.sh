@@ -56,7 +56,7 @@ OP_TESTS=(python_tests/test_extreme_eigh.py python_tests/test_gram.py
 STAGES=(build tests_portable tests_native memcheck racecheck bench)
 declare -A KIND=([build]=correctness [tests_portable]=correctness [tests_native]=correctness
                  [memcheck]=correctness [racecheck]=correctness [bench]=benchmark)
-declare -A LIMIT=([build]=100 [tests]=150 [memcheck]=35 [racecheck]=35 [bench]=110)
+declare -A LIMIT=([build]=90 [tests]=150 [memcheck]=30 [racecheck]=30 [bench]=140)
 for s in "${!LIMIT[@]}"; do
   var="GPU_CHECK_${s^^}_S"
   LIMIT[$s]="${!var:-${LIMIT[$s]}}"
