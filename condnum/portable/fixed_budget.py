@@ -66,8 +66,8 @@ def _symmetrised_in_range(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
-    """``(V, T)``: m steps from ``start``; V (m, d) in W's dtype, T (m, m) float64, and
-    beta_m (the residual scale of every Ritz pair), all on W's device."""
+    """``(V, T, beta_m)`` after m steps from ``start``: V (m, d) in W's dtype, T (m, m)
+    float64, beta_m (0-dim float64, the residual scale of every Ritz pair), on W's device."""
     d = W.shape[0]
     V = torch.zeros(m + 1, d, dtype=W.dtype, device=W.device)
     V[0] = start / torch.linalg.vector_norm(start)
