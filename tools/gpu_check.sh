@@ -78,7 +78,6 @@ pytest_cmd() {  # backend selector -> the pytest command line of a test stage
 
 if (( dry_run )); then
   echo "gpu_check --dry-run: stages, limits (s) and commands; nothing is run"
-  total=0
   for s in "${STAGES[@]}"; do
     case "$s" in
       build) cmd="CONDNUM_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -e . -C build-dir=build/gpu-check" ;;
