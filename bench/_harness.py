@@ -86,6 +86,10 @@ def setup(args: argparse.Namespace) -> torch.device:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch.cuda.is_available() is False")
+    # Full float32 products everywhere, the eigvalsh/eigh baselines included (environment()
+    # records it): TF32 would make the baselines faster and less accurate than ours.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     return torch.device(args.device)
 
 
@@ -160,6 +164,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["tf32"] = torch.backends.cuda.matmul.allow_tf32
     return env
 
 
@@ -202,9 +207,10 @@ def spectrum(kind: str, d: int, kappa: float, seed: int = 0) -> torch.Tensor:
     raise ValueError(f"unknown spectrum {kind!r}; expected one of {SPECTRA}")
 
 
-def random_orthogonal(d: int, seed: int) -> torch.Tensor:
+def random_orthogonal(d: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A seeded random orthogonal (d, d) float64 matrix, factorised on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64).to(device))
     return Q * torch.sign(torch.diagonal(R))
 
 
@@ -217,7 +223,7 @@ def matrix(
     seed: int = 0,
     Q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A symmetric PSD (d, d) test matrix, built in float64 and rounded to ``dtype``.
+    """A symmetric PSD (d, d) test matrix, built in float64 on ``device`` and rounded to ``dtype``.
 
     ``geometric`` / ``loguniform``: ``Q diag(spectrum) Q^T`` with a seeded orthogonal Q;
     ``wishart``: ``Z^T Z / N`` with Gaussian Z of shape (2d, d) (Marchenko-Pastur
@@ -225,11 +231,11 @@ def matrix(
     """
     if kind == "wishart":
         g = torch.Generator().manual_seed(seed)
-        Z = torch.randn(2 * d, d, generator=g, dtype=torch.float64)
+        Z = torch.randn(2 * d, d, generator=g, dtype=torch.float64).to(device)
         S = Z.T @ Z / (2 * d)
     else:
-        Q = random_orthogonal(d, seed) if Q is None else Q
-        S = (Q * spectrum(kind, d, kappa, seed)) @ Q.T
+        Q = random_orthogonal(d, seed, device) if Q is None else Q.to(device)
+        S = (Q * spectrum(kind, d, kappa, seed).to(device)) @ Q.T
     S = (S + S.T) / 2
     return S.to(dtype=dtype, device=device)
 
@@ -266,10 +272,10 @@ def perturbed(S: torch.Tensor, eps: float = 1e-3, seed: int = 1) -> torch.Tensor
     """
     d = S.shape[0]
     g = torch.Generator().manual_seed(seed)
-    E = torch.randn(d, d, generator=g, dtype=torch.float64)
+    E = torch.randn(d, d, generator=g, dtype=torch.float64).to(S.device)
     E = (E + E.T) / (2 * math.sqrt(2 * d))  # semicircle law: ||E||_2 ~ 1
-    M = torch.eye(d, dtype=torch.float64) + eps * E
-    out = M @ S.detach().double().cpu() @ M.T
+    M = torch.eye(d, dtype=torch.float64, device=S.device) + eps * E
+    out = M @ S.detach().double() @ M.T
     return ((out + out.T) / 2).to(dtype=S.dtype, device=S.device)
 
 

@@ -64,8 +64,8 @@ def _check_vector_for(v: torch.Tensor | None, S: torch.Tensor, op: str, arg: str
 def _check_budget(num_iters: int, tol: float, op: str) -> None:
     if not num_iters >= 1:
         _fail(op, f"num_iters must be >= 1, got {num_iters}")
-    if not (tol > 0 and tol < 1):
-        _fail(op, f"tol must be in (0, 1), got {tol}")
+    if not (tol >= 0 and tol < 1):
+        _fail(op, f"tol must be in (0, 1), or 0 for a fixed budget of num_iters steps, got {tol}")
 
 
 def _check_spectral_operands(S, lam, u, k, op: str, lam_arg: str, u_arg: str) -> None:

@@ -5,6 +5,7 @@ performance tables quote. Timings are not checked (performance is measured, neve
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,91 @@ def test_deep_step_benchmark_runs_and_saves(tmp_path):
     for row in data["rows"]:
         assert row["step_ms"] > 0 and row["reg_ms"] > 0
         assert row["reg_share"] == (row["step_ms"] - row["no_reg_ms"]) / row["step_ms"]
+
+
+def test_gpu_benchmarks_run_on_the_cpu(tmp_path):
+    """bench_gpu.py, the GPU check's benchmark part, at toy sizes on the CPU: every part
+    runs, and its rows reach the merged JSON and the markdown summary."""
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--device", "cpu", "--quick"]
+    proc = subprocess.run([*cmd, "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert data["env"]["device"] == "cpu"
+    parts = data["parts"]
+    assert set(parts) == {"eigh-64", "regularizers", "vit"}
+    assert {row["method"] for row in parts["eigh-64"]["tables"]["main"]} == {
+        "ours",
+        "ours_warm",
+        "ours_top",
+        "eigvalsh",
+        "eigh",
+    }
+    assert parts["regularizers"]["tables"]["_parts"]
+    assert parts["vit"]["tables"]["main"][0]["ours_frac"] > 0
+    md = (tmp_path / "bench_gpu.md").read_text()
+    assert "TF32 is off" in md and "## eigh-64: ok" in md
+
+
+GPU_CHECK = ["bash", str(ROOT / "tools" / "gpu_check.sh")]
+
+
+def test_gpu_check_dry_run_validates_its_stages():
+    proc = subprocess.run([*GPU_CHECK, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for stage in ("build", "tests_portable", "tests_native", "memcheck", "racecheck", "bench"):
+        assert f"  {stage} " in proc.stdout
+    assert "gpu_check --dry-run: ok" in proc.stdout
+
+
+def test_gpu_check_without_a_gpu_says_so_quickly(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run")
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run([*GPU_CHECK, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 2
+    assert "gpu_check: no CUDA device" in proc.stdout
+    assert not (tmp_path / "out").exists()  # nothing was run or written
+
+
+def _junit(path: Path, tests: int, skipped: int, failures: int = 0) -> None:
+    path.write_text(f'<testsuites><testsuite name="pytest" tests="{tests}" errors="0" '
+                    f'failures="{failures}" skipped="{skipped}"/></testsuites>')  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("native_skipped", "racecheck", "passed", "verified"),
+    [
+        (0, "passed", True, True),
+        (5, "passed", False, False),
+        (0, "timed out after 35 s", False, False),
+        (0, "skipped: compute-sanitizer not found", True, False),
+    ],
+)
+def test_gpu_check_report_verdicts(tmp_path, native_skipped, racecheck, passed, verified):
+    """A correctness stage that failed, timed out or ran no test (all skipped) fails the
+    check, a skipped one does not; the native kernels count as verified only when their
+    stages all passed."""
+    stages = [
+        ("build", "correctness", "passed"),
+        ("tests_portable", "correctness", "passed"),
+        ("tests_native", "correctness", "passed"),
+        ("memcheck", "correctness", "passed"),
+        ("racecheck", "correctness", racecheck),
+        ("bench", "benchmark", "failed (exit 1)"),
+    ]
+    (tmp_path / "stages.tsv").write_text("".join(f"{n}\t{k}\t{s}\t3\t60\n" for n, k, s in stages))
+    _junit(tmp_path / "tests_portable.xml", 10, 2)
+    _junit(tmp_path / "tests_native.xml", 5, native_skipped)
+    cmd = [sys.executable, str(ROOT / "tools" / "gpu_check_report.py"), "--stages",
+           str(tmp_path / "stages.tsv"), "--junit", str(tmp_path), "--out", str(tmp_path),
+           "--native-built", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == (0 if passed else 1), proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["passed"] is passed and report["native_cuda_verified"] is verified
+    assert report["stages"][1]["tests"]["passed"] == 8
+    assert "| bench | benchmark | failed (exit 1) |" in (tmp_path / "summary.md").read_text()

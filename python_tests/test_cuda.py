@@ -78,20 +78,15 @@ def test_covariance_of_a_non_symmetric_K_is_nan_on_cuda(cuda):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_warm_start_converges_to_the_same_pairs(cuda, dtype):
+def test_zero_warm_starts_are_ignored_on_cuda(cuda, dtype):
+    """The CPU raises for a zero warm start; checking its norm on CUDA needs a host sync."""
     S = _spd(200, 1e4, 3, dtype, cuda)
     tol = F.DEFAULT_TOL[dtype]
     cold = ops.extreme_eigh(S, 128, 1e-6, tol, None, None)
-    noise = 1e-3 * torch.randn(200, dtype=dtype, generator=torch.Generator().manual_seed(1)).to(
-        cuda
-    )
-    warm = ops.extreme_eigh(S, 128, 1e-6, tol, cold[2] + noise, cold[3] - noise)
-    for a, b in zip(cold[:2], warm[:2], strict=True):
-        assert rel_err(a.item(), b.item()) <= EIG_RTOL[dtype]
-    # zero warm starts are ignored on CUDA (the CPU raises: checking needs a host sync)
     zero = torch.zeros(200, dtype=dtype, device=cuda)
     again = ops.extreme_eigh(S, 128, 1e-6, tol, zero, zero)
-    assert rel_err(again[0].item(), cold[0].item()) <= EIG_RTOL[dtype]
+    for a, b in zip(cold[:2], again[:2], strict=True):
+        assert rel_err(b.item(), a.item()) <= EIG_RTOL[dtype]
 
 
 def test_invalid_matrices_give_nan_on_cuda(cuda):
@@ -109,12 +104,9 @@ def test_invalid_matrices_give_nan_on_cuda(cuda):
     )
 
 
-def test_argument_errors_name_the_problem(cuda):
+def test_device_and_size_errors_name_the_problem(cuda):
+    """What only the CUDA kernels check (the shared argument errors run in test_extreme_eigh)."""
     S = torch.eye(3, device=cuda) + 0.1
-    with pytest.raises(ValueError, match="num_iters must be >= 1, got 0"):
-        ops.extreme_eigh(S, 0, 1e-6, 1e-4, None, None)
-    with pytest.raises(ValueError, match="v0_min must have shape \\(3,\\)"):
-        ops.extreme_eigh(S, 8, 1e-6, 1e-4, torch.ones(4, device=cuda), None)
     with pytest.raises(ValueError, match="same device"):
         ops.extreme_eigh(S, 8, 1e-6, 1e-4, None, torch.ones(3))
     with pytest.raises(ValueError, match="S and lam_min must be on the same device"):

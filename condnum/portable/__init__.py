@@ -8,6 +8,7 @@ messages) and reads its solver policy from ``condnum._policy``.
 
 Files: ``checks`` (input checks, range scaling), ``lanczos`` (the Krylov basis),
 ``shift_invert`` (the bottom end through a factorisation), ``eigh`` (extreme_eigh,
-top_eigh), ``products`` (gram, covariance), ``regularizers`` (R_ill, R_well),
+top_eigh), ``fixed_budget`` (both with tol = 0: num_iters steps, no host
+synchronisation), ``products`` (gram, covariance), ``regularizers`` (R_ill, R_well),
 ``registration`` (dispatch, and the native/portable switch).
 """

@@ -75,14 +75,8 @@ class Lanczos:
         if not self.can_step:
             return False
         j = self.size
-        basis = self.V[: j + 1]
-        w = self.apply(self.V[j])
-        h = basis @ w
-        w = w - basis.mT @ h
-        h2 = basis @ w
-        w = w - basis.mT @ h2
-        b = torch.linalg.vector_norm(w)
-        alpha, beta = torch.stack([(h[j] + h2[j]).double(), b.double()]).tolist()
+        w, alpha_j, beta_j = orthogonalised_step(self.apply, self.V[: j + 1])
+        alpha, beta = torch.stack([alpha_j, beta_j]).tolist()
         self.alpha.append(alpha)
         self.beta.append(beta)
         self.scale = max(self.scale, abs(alpha), beta)
@@ -123,6 +117,21 @@ class Lanczos:
         s = r.s.to(self.V.device)
         y = s @ self.V[: r.m].double()
         return (y / torch.linalg.vector_norm(y)).to(dtype)
+
+
+def orthogonalised_step(
+    apply: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(w, alpha_j, beta_j)`` for the basis ``[v_0 .. v_j]`` (rows): w = A v_j orthogonalised
+    against the basis twice by classical Gram-Schmidt, alpha_j = v_j^T A v_j and
+    beta_j = ||w|| as float64 0-dim tensors on the device (no host synchronisation)."""
+    j = basis.shape[0] - 1
+    w = apply(basis[j])
+    h = basis @ w
+    w = w - basis.mT @ h
+    h2 = basis @ w
+    w = w - basis.mT @ h2
+    return w, (h[j] + h2[j]).double(), torch.linalg.vector_norm(w).double()
 
 
 @lru_cache(maxsize=16)

@@ -25,17 +25,32 @@ import warnings
 
 import torch
 
-from condnum.portable import eigh, products, regularizers
+from condnum.portable import eigh, fixed_budget, products, regularizers
 
 BACKENDS = ("auto", "native", "portable")
 ENV = "CONDNUM_BACKEND"
+
+
+def _extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
+    """tol = 0: a fixed budget of num_iters steps without host synchronisation."""
+    if tol == 0:
+        return fixed_budget.extreme_eigh(S, num_iters, rtol, v0_min, v0_max)
+    return eigh.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
+
+
+def _top_eigh(S, num_iters: int, tol: float, v0):
+    """tol = 0: a fixed budget of num_iters steps without host synchronisation."""
+    if tol == 0:
+        return fixed_budget.top_eigh(S, num_iters, v0)
+    return eigh.top_eigh(S, num_iters, tol, v0)
+
 
 #: op name -> portable implementation.
 IMPLEMENTATIONS = {
     "gram": products.gram,
     "covariance": products.covariance,
-    "extreme_eigh": eigh.extreme_eigh,
-    "top_eigh": eigh.top_eigh,
+    "extreme_eigh": _extreme_eigh,
+    "top_eigh": _top_eigh,
     "r_ill": regularizers.r_ill,
     "_r_ill_backward": regularizers.r_ill_backward,
     "r_well": regularizers.r_well,
