@@ -31,6 +31,7 @@ from condnum.immunize.authors import immunize_linear_authors
 from condnum.immunize.baselines import opt_kappa
 from condnum.immunize.harden import harden, orthogonal_mix
 from condnum.immunize.result import LinearImmunization, save_extractor
+from condnum.immunize.simultaneous import simultaneous_diagonalization
 from condnum.immunize.spectral import Backend
 from condnum.metrics import RIRResult
 
@@ -78,6 +79,9 @@ HOUSE_PRICES_METHODS: dict[str, Method] = {
     "hardened (default): the above + orthogonal mix": lambda X_P, X_H, y, seed, backend, steps: (
         orthogonal_mix(immunize_linear(X_P, X_H, y, steps=steps, init="whiten", seed=seed,
                                        backend=backend), seed=seed)
+    ),
+    "simultaneous diagonalization + orthogonal mix": lambda X_P, X_H, y, seed, backend, steps: (
+        simultaneous_diagonalization(X_P, X_H, y, seed=seed)
     ),
 }  # fmt: skip
 
