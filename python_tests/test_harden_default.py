@@ -141,19 +141,24 @@ def test_simultaneous_diagonalization_on_house_prices(house_prices):
         assert v.lower_bound or v.slowdown >= 10
 
 
-def test_simultaneous_diagonalization_bad_input():
-    X_P, X_H, y = two_sets(n=20, d=4)
-    with pytest.raises(ValueError, match="X_P must be"):
-        simultaneous_diagonalization(X_P[:, 0], X_H)
-    with pytest.raises(ValueError, match="features"):
-        simultaneous_diagonalization(X_P, X_H[:, :3])
-    bad = X_H.clone()
-    bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="X_H must be floating point without NaN"):
-        simultaneous_diagonalization(X_P, bad)
-    with pytest.raises(ValueError, match="rtol"):
-        simultaneous_diagonalization(X_P, X_H, rtol=0.0)
-    with pytest.raises(ValueError, match="zero"):
-        simultaneous_diagonalization(torch.zeros_like(X_P), X_H)
-    with pytest.raises(ValueError, match="y_P"):
-        simultaneous_diagonalization(X_P, X_H, y[:5])
+def _with_nan(X: torch.Tensor) -> torch.Tensor:
+    X = X.clone()
+    X[0, 0] = float("nan")
+    return X
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda P, H, y: simultaneous_diagonalization(P[:, 0], H), "X_P must be"),
+        (lambda P, H, y: simultaneous_diagonalization(P, H[:, :3]), "features"),
+        (lambda P, H, y: simultaneous_diagonalization(P, _with_nan(H)), "X_H must be .* NaN"),
+        (lambda P, H, y: simultaneous_diagonalization(P, H, rtol=0.0), "rtol"),
+        (lambda P, H, y: simultaneous_diagonalization(0 * P, H), "zero"),
+        (lambda P, H, y: simultaneous_diagonalization(P, H, y[:5]), "y_P"),
+    ],
+    ids=["1-D", "feature mismatch", "NaN", "rtol", "zero X_P", "y_P shape"],
+)
+def test_simultaneous_diagonalization_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*two_sets(n=20, d=4))
