@@ -60,7 +60,9 @@ def orthogonal_mix(result: LinearImmunization, seed: int = 0) -> LinearImmunizat
     )
 
 
-def harden(result: LinearImmunization, hardening: str = "orthogonal-mix", seed: int = 0):
+def harden(
+    result: LinearImmunization, hardening: str = "orthogonal-mix", seed: int = 0
+) -> LinearImmunization:
     """``result`` after ``hardening`` (one of :data:`HARDENINGS`): :func:`orthogonal_mix` with
     ``seed``, or ``result`` itself for ``"none"``."""
     if hardening not in HARDENINGS:
