@@ -2,7 +2,7 @@
 
     condnum demo [--out DIR] [--quick]
     condnum immunize house-prices [--data PATH] --out DIR [--seed N]
-    condnum immunize mnist [--data DIR] --out DIR [--pairs P:H,P:H,...]
+    condnum immunize mnist [--data DIR] --out DIR [--pairs P:H,P:H,...] [--hardening H]
     condnum immunize imagenet --arch resnet18|vit_b_16 --imagenet DIR
         --harmful cars|country211 --harmful-data DIR [--weights PATH] --out DIR
     condnum probe-deep --arch A --weights CKPT --harmful H --harmful-data DIR --out DIR
@@ -103,14 +103,15 @@ def _demo(args: argparse.Namespace) -> int:
     images, labels = datasets.load_digits()
     print(
         f"condnum demo: scikit-learn digits (8x8), linear extractor θ (64x64): whitening start "
-        f"+ {steps} steps of balanced Algorithm 1 per task pair. Attacker: least-squares "
+        f"+ {steps} steps of balanced Algorithm 1 per task pair, hardening {args.hardening}. "
+        f"Attacker: least-squares "
         f"linear probe, gradient descent with exact line search, budget {attack_steps} steps."
     )
     t0 = time.perf_counter()
     rows, written = [], []
     for prim, harm in tqdm(pairs, desc="immunizing digit-task pairs"):
         o = runs.run_digit_pairs(images, labels, prim, harm, steps=steps, backend=args.backend,
-                                 attack_steps=attack_steps)  # fmt: skip
+                                 attack_steps=attack_steps, hardening=args.hardening)  # fmt: skip
         name = f"{prim[0]}v{prim[1]}_{harm[0]}v{harm[1]}"
         curves = {f"primary {prim[0]} vs {prim[1]}": o.attacks["primary"],
                   f"harmful {harm[0]} vs {harm[1]}": o.attacks["harmful"]}  # fmt: skip
@@ -216,8 +217,10 @@ def _mnist(args: argparse.Namespace) -> int:
     summary = {}
     for p, h in tqdm(args.pairs, desc="MNIST pairs"):
         o = runs.run_mnist_pair(images, labels, p, h, init=args.init, steps=args.steps,
-                                whiten_rtol=args.whiten_rtol, backend=args.backend)  # fmt: skip
-        runs.write_outcome(out / f"pair_{p}_{h}", o, {"pair": [p, h]})
+                                whiten_rtol=args.whiten_rtol, backend=args.backend,
+                                hardening=args.hardening, seed=args.seed)  # fmt: skip
+        runs.write_outcome(out / f"pair_{p}_{h}", o, {"pair": [p, h], "hardening": args.hardening,
+                                                      "seed": args.seed})  # fmt: skip
         rir[p, h] = o.rir["paper"].rir
         summary[f"{p}:{h}"] = {
             rule: {"i": r.i, "ii": r.ii, "rir": r.rir} for rule, r in o.rir.items()
@@ -254,6 +257,7 @@ def _parse_views(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     from condnum.attack import VIEWS
     from condnum.deep.cli import add_imagenet_parser, add_probe_parser
+    from condnum.immunize.harden import HARDENINGS
     from condnum.immunize.runs import DEFAULT_METHOD, HOUSE_PRICES_METHODS
 
     parser = argparse.ArgumentParser(prog="condnum", description=__doc__.split("\n\n")[0])
@@ -282,6 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     mn.add_argument("--init", default="whiten", choices=["whiten", "identity"])
     mn.add_argument("--whiten-rtol", type=float, default=1e-6, help="ridge of the whitening start")
     mn.add_argument("--steps", type=int, default=10)
+    mn.add_argument("--seed", type=int, default=0, help="seed of the orthogonal mix")
+    for p in (demo, mn):
+        p.add_argument("--hardening", default=HARDENINGS[0], choices=list(HARDENINGS),
+                       help="orthogonal-mix (default): rotate the features at random (same κ, "
+                            "RIR, accuracy; defeats per-feature standardization); none: the "
+                            "immunizer's extractor as it is")  # fmt: skip
     for p in (demo, hp, mn):
         p.add_argument("--backend", default="condnum", choices=["condnum", "reference"],
                        help="eigen-solves: compiled kernels or torch.linalg.eigvalsh")  # fmt: skip

@@ -200,3 +200,23 @@ def test_cli_attack_on_digits_end_to_end(tmp_path, capsys):
     assert "expects 79 input features" in capsys.readouterr().err
     assert main(["attack", "--extractor", str(tmp_path / "none.pt"), "--task", "digits"]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(300, 7), (300, 7, "rank-deficient"), (5, 9)])
+def test_compressed_problem_matches_the_design(shape):
+    """Loss, gradient and Hessian products through ``A = Q R`` equal the direct formulas on
+    ``A`` (float64), for tall, rank-deficient tall and wide designs."""
+    g = torch.Generator().manual_seed(len(shape))
+    n, d = shape[:2]
+    Z = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.logspace(0, 3, d)
+    if len(shape) == 3:
+        Z[:, -1] = Z[:, 0] - 2 * Z[:, 1]
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    p = make_problem(Z, y)
+    assert p.R.shape == (min(n, d), d)
+    W = torch.randn(d, 1, generator=g, dtype=torch.float64)
+    A, Y = p.A, p.Y
+    assert p.loss(W) == pytest.approx(float((A @ W - Y).square().sum()) / n, rel=1e-12)
+    torch.testing.assert_close(p.grad(W), 2 * A.T @ (A @ W - Y) / n, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(p.hess(W), 2 * A.T @ (A @ W) / n, rtol=1e-10, atol=1e-10)
+    assert p.excess(p.W_star) <= 1e-12 and p.excess(p.zeros()) == pytest.approx(1.0)

@@ -8,6 +8,8 @@
 - :mod:`condnum.attack.attackers`: one small object per attacker (gradient descent with
   exact line search or step 1/L, heavy ball, Nesterov, Adam, RMSprop, L-BFGS, conjugate
   gradient, the closed-form solve);
+- :mod:`condnum.attack.bounds`: the largest slowdown any affine extractor can force on
+  conjugate gradient and the closed form (finite termination, exact arithmetic);
 - :mod:`condnum.attack.suite`: every attacker in every view on raw inputs and on
   immunized features, the slowdowns, a table and JSON (:func:`run_suite`);
   :mod:`condnum.attack.plots` draws the convergence curves.
@@ -28,6 +30,7 @@ from condnum.attack.attackers import (
     Trace,
     default_attackers,
 )
+from condnum.attack.bounds import affine_rank, numerical_rank
 from condnum.attack.probes import (
     ClassifierProbe,
     LeastSquaresProbe,
@@ -57,9 +60,11 @@ __all__ = [
     "SuiteResult",
     "Trace",
     "Verdict",
+    "affine_rank",
     "default_attackers",
     "linear_probe_classifier",
     "linear_probe_least_squares",
     "make_problem",
+    "numerical_rank",
     "run_suite",
 ]

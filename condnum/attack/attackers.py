@@ -99,6 +99,17 @@ class Attacker:
     def run(self, problem: ProbeProblem, trace: Trace) -> None:
         raise NotImplementedError
 
+    def max_evals(self, rank: int) -> int | None:
+        """Evaluations this attacker needs at most, in exact arithmetic, on a design of rank
+        ``rank`` whatever its spectrum (:mod:`condnum.attack.bounds`); None: no bound known."""
+        _check_rank(rank)
+        return None
+
+
+def _check_rank(rank: int) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+
 
 class LineSearchGD(Attacker):
     """Steepest descent with exact line search (the paper's attacker)::
@@ -300,6 +311,11 @@ class ConjugateGradient(Attacker):
             if trace(W, evals) or not bool((pHp > 0).any()):
                 return
 
+    def max_evals(self, rank: int) -> int:
+        """``rank + 1``: the starting gradient, then at most ``rank`` steps (finite termination)."""
+        _check_rank(rank)
+        return rank + 1
+
 
 class ClosedForm(Attacker):
     """The least-squares solve ``W = A^+ Y`` (``torch.linalg.lstsq``, ``gelsd``).
@@ -312,6 +328,11 @@ class ClosedForm(Attacker):
 
     def run(self, problem: ProbeProblem, trace: Trace) -> None:
         trace(torch.linalg.lstsq(problem.A, problem.Y, driver="gelsd").solution, 1)
+
+    def max_evals(self, rank: int) -> int:
+        """One solve, whatever the design."""
+        _check_rank(rank)
+        return 1
 
 
 #: Learning-rate / momentum grids; the suite reports each attacker's best member.

@@ -4,6 +4,12 @@ Every attacker of the suite minimises the same quadratic, so their costs compare
 
     L(W) = ||A W - Y||_F^2 / n,   grad L(W) = 2 A^T (A W - Y) / n,   Hessian 2 A^T A / n
 
+Tall designs (n > p) are evaluated through a thin QR factorisation ``A = Q R`` (computed
+once): ``||A W - Y||^2 = ||R W - Q^T Y||^2 + ||Y - Q Q^T Y||^2`` and
+``A^T (A W - Y) = R^T (R W - Q^T Y)`` hold for every ``W`` (any rank), so each gradient
+costs ``O(p^2 c)`` instead of ``O(n p c)`` (MNIST: 6x less) with the residual form's
+accuracy. The attacker's cost is still counted in gradient evaluations.
+
 with ``A`` (n, p) the attacker's design matrix built from the released features ``Z``
 (n, d) and ``Y`` (n, c): the regression target as one column, or the one-hot class
 indicators of a classification task (a least-squares classifier, predicting the argmax).
@@ -85,6 +91,8 @@ class ProbeProblem:
         W_star: (p, c) minimum-norm minimiser (``gelsd``); loss_star: ``L(W_star)``.
         loss0: ``L(0)``, the start of every attacker.
         lipschitz: ``lambda_max(2 A^T A / n)``, the gradient's Lipschitz constant.
+        R, QtY, offset: the compressed design ``R`` (min(n, p), p), ``Q^T Y`` and
+            ``||Y - Q Q^T Y||^2`` (``A``, ``Y`` and 0 when ``n <= p``), module doc.
     """
 
     A: torch.Tensor
@@ -96,6 +104,9 @@ class ProbeProblem:
     loss_star: float
     loss0: float
     lipschitz: float
+    R: torch.Tensor
+    QtY: torch.Tensor
+    offset: float
 
     @property
     def n(self) -> int:
@@ -106,15 +117,15 @@ class ProbeProblem:
         return torch.zeros(self.A.shape[1], self.Y.shape[1], dtype=torch.float64)
 
     def loss(self, W: torch.Tensor) -> float:
-        return float((self.A @ W - self.Y).square().sum()) / self.n
+        return (float((self.R @ W - self.QtY).square().sum()) + self.offset) / self.n
 
     def grad(self, W: torch.Tensor) -> torch.Tensor:
         """``2 A^T (A W - Y) / n``: one gradient evaluation."""
-        return self.A.T @ (self.A @ W - self.Y) * (2.0 / self.n)
+        return self.R.T @ (self.R @ W - self.QtY) * (2.0 / self.n)
 
     def hess(self, V: torch.Tensor) -> torch.Tensor:
         """``2 A^T A V / n`` (the Hessian is the same for every column of ``W``)."""
-        return self.A.T @ (self.A @ V) * (2.0 / self.n)
+        return self.R.T @ (self.R @ V) * (2.0 / self.n)
 
     def excess(self, W: torch.Tensor) -> float:
         """``(L(W) - L*) / (L(0) - L*)``, clamped at 0 (1 at the start)."""
@@ -185,9 +196,15 @@ def make_problem(
         ):
             raise ValueError("y_train or y_test contains NaN or Inf")
     W_star = torch.linalg.lstsq(A, Y, driver="gelsd").solution
-    loss_star = float((A @ W_star - Y).square().sum()) / n
     lipschitz = float(torch.linalg.eigvalsh(A.T @ A)[-1]) * 2.0 / n
+    R, QtY, offset = A, Y, 0.0
+    if n > A.shape[1]:
+        Q, R = torch.linalg.qr(A, mode="reduced")
+        QtY = Q.T @ Y
+        offset = float((Y - Q @ QtY).square().sum())
+    # L* and L(0) through the same arithmetic as every later L(W), so the excess is 0 at W*
+    loss_star = (float((R @ W_star - QtY).square().sum()) + offset) / n
+    loss0 = (float(QtY.square().sum()) + offset) / n
     return ProbeProblem(
-        A, Y, A_test, test, classification, W_star, loss_star, float(Y.square().sum()) / n,
-        lipschitz,
-    )  # fmt: skip
+        A, Y, A_test, test, classification, W_star, loss_star, loss0, lipschitz, R, QtY, offset
+    )

@@ -13,6 +13,9 @@ raw inputs ``X`` (the identity extractor, the baseline) and on the immunized fea
 
 The slowdown of an attacker in a view is ``evals(immunized) / evals(raw)``; when the
 immunized run misses the budget it is reported as the lower bound ``budget / evals(raw)``.
+Where the attacker has a finite-termination bound (conjugate gradient, the closed form),
+the largest slowdown any affine extractor could force in exact arithmetic,
+``max_evals(r_affine) / evals(raw)`` (:mod:`condnum.attack.bounds`), is reported beside it.
 For an attacker with a grid, the member with the fewest evaluations (then the lowest final
 excess loss) is reported, separately on raw and on immunized features: the attacker tunes
 for the features it has.
@@ -28,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from condnum.attack.attackers import Attacker, Trace, default_attackers
+from condnum.attack.bounds import affine_rank
 from condnum.attack.problem import VIEWS, View, make_problem
 
 __all__ = ["Run", "SuiteResult", "Verdict", "run_suite"]
@@ -59,6 +63,7 @@ class Verdict:
     raw: Run
     immunized: Run
     budget: int
+    max_evals: int | None = None  # exact-arithmetic bound for any affine extractor
 
     @property
     def slowdown(self) -> float | None:
@@ -70,6 +75,14 @@ class Verdict:
         return imm / max(self.raw.evals, 1)
 
     @property
+    def max_slowdown(self) -> float | None:
+        """``max_evals / evals(raw)``: the largest slowdown any affine extractor could force
+        in exact arithmetic; None without a known bound or when the raw run missed."""
+        if self.max_evals is None or self.raw.evals is None:
+            return None
+        return self.max_evals / max(self.raw.evals, 1)
+
+    @property
     def lower_bound(self) -> bool:
         """Whether :attr:`slowdown` is only a lower bound (immunized run over budget)."""
         return self.immunized.evals is None and self.raw.evals is not None
@@ -77,7 +90,8 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {"attacker": self.attacker, "view": self.view, "raw": self.raw.to_json(),
                 "immunized": self.immunized.to_json(), "slowdown": self.slowdown,
-                "slowdown_is_lower_bound": self.lower_bound}  # fmt: skip
+                "slowdown_is_lower_bound": self.lower_bound, "max_evals": self.max_evals,
+                "max_slowdown_exact_arithmetic": self.max_slowdown}  # fmt: skip
 
 
 @dataclass
@@ -105,6 +119,8 @@ class SuiteResult:
                 d = self.verdicts[(a, v)]
                 s = d.slowdown
                 cell = "-" if s is None else (f"≥{s:.3g}×" if d.lower_bound else f"{s:.3g}×")
+                if d.max_slowdown is not None:
+                    cell += f"; max {d.max_slowdown:.3g}×"
                 row.append(f"{_evals(d.raw, self.budget)} → {_evals(d.immunized, self.budget)}"
                            f" ({cell})")  # fmt: skip
             if self.classification:
@@ -119,7 +135,8 @@ class SuiteResult:
         return "\n".join([
             f"{self.task}: gradient evaluations until the excess loss ≤ {self.tol:g} "
             f"(budget {self.budget}; >{self.budget}: not reached), raw inputs → immunized "
-            "features; slowdown = immunized / raw (≥: lower bound)", *lines,
+            "features; slowdown = immunized / raw (≥: lower bound); max: the largest slowdown "
+            "any affine extractor could force (exact arithmetic)", *lines,
         ])  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -214,6 +231,7 @@ def run_suite(
     jobs = [(v, m) for v in views for m in attackers]
     bar = tqdm(jobs, desc=f"attacker suite ({task})", disable=not progress)
     problems: dict[tuple[str, str], Any] = {}
+    ranks = {v: affine_rank(X_train, v, classification=classification) for v in views}
     for view, members in bar:
         bar.set_postfix(view=view, attacker=members[0].name)
         runs = []
@@ -223,5 +241,7 @@ def run_suite(
                     Ztr, y_train, Zte, y_test, view=view, classification=classification
                 )
             runs.append(_best(members, problems[(view, which)], budget, tol, result.epochs))
-        result.verdicts[(members[0].name, view)] = Verdict(members[0].name, view, *runs, budget)
+        result.verdicts[(members[0].name, view)] = Verdict(
+            members[0].name, view, *runs, budget, members[0].max_evals(ranks[view])
+        )
     return result

@@ -25,7 +25,12 @@ import torch
 
 from condnum.immunize.result import LinearImmunization
 
-__all__ = ["orthogonal_mix", "random_orthogonal"]
+__all__ = ["HARDENINGS", "harden", "orthogonal_mix", "random_orthogonal"]
+
+#: Hardenings :func:`harden` applies: ``"orthogonal-mix"`` (:func:`orthogonal_mix`, the
+#: default of the House Prices, MNIST and digits reproductions) or ``"none"`` (the
+#: immunizer's extractor unchanged, for comparison with the paper).
+HARDENINGS = ("orthogonal-mix", "none")
 
 
 def random_orthogonal(d: int, seed: int = 0) -> torch.Tensor:
@@ -53,3 +58,13 @@ def orthogonal_mix(result: LinearImmunization, seed: int = 0) -> LinearImmunizat
         omega=None if result.omega is None else Q.T @ result.omega,
         settings={**result.settings, "orthogonal_mix_seed": seed},
     )
+
+
+def harden(
+    result: LinearImmunization, hardening: str = "orthogonal-mix", seed: int = 0
+) -> LinearImmunization:
+    """``result`` after ``hardening`` (one of :data:`HARDENINGS`): :func:`orthogonal_mix` with
+    ``seed``, or ``result`` itself for ``"none"``."""
+    if hardening not in HARDENINGS:
+        raise ValueError(f"hardening must be one of {HARDENINGS}, got {hardening!r}")
+    return orthogonal_mix(result, seed) if hardening == "orthogonal-mix" else result
