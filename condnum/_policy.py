@@ -1,9 +1,9 @@
 """The eigen-solvers' policy values, as the portable path reads them.
 
-Each name is the C++ constant of the CPU kernels without its ``k`` prefix, in upper case
-(``kSkiRental`` -> ``SKI_RENTAL``), with the same value; python_tests/test_policy.py reads
-the C++ sources and checks that they agree. Values that the C++ code writes inline carry
-their own comment.
+Each name is the constant of csrc/solver_policy.h (the policy of the CPU and CUDA kernels)
+without its ``k`` prefix, in upper case (``kSkiRental`` -> ``SKI_RENTAL``), with the same
+value; python_tests/test_backends.py reads the header and checks that they agree. Values
+that the header returns from a function (per dtype) are dicts keyed by dtype.
 """
 
 from __future__ import annotations
@@ -21,22 +21,34 @@ ROUNDING_SLACK = 4.0
 #: Plain Lanczos may spend this fraction of the shift-and-invert cost on the bottom end
 #: after lam_max has converged ...
 SKI_RENTAL = 0.6
-#: ... judging its progress by the error bound's decay over this many steps.
+#: ... judging its progress by the error bound's decay over this many steps:
 RATE_WINDOW = 6
+#: a stalled bound still predicts a finite number of steps at this decay rate per step ...
+MIN_RATE = 1e-3
+#: ... and it gives up when it predicts more than this many times the remaining allowance.
+RATE_MARGIN = 2.0
+#: log(bound / value) of a bound of exactly 0 (an invariant space) uses this bound.
+LOG_BOUND_FLOOR = 1e-300
 #: A breakdown (invariant Krylov space): beta <= BREAKDOWN * sqrt(d) * eps * ||T||.
-BREAKDOWN = 10.0  # inline in lanczos.cpp
+BREAKDOWN = 10.0
 
 # ---------------------------------------------------------------- shift-and-invert
 #: Rounding floor of a float64 Krylov basis: FLOOR_SLACK * eps64 * max |Ritz value|.
 FLOOR_SLACK = 16.0
-#: Cholesky shift tau = max(rtol, TAU_D_EPS * d * eps64) * lam_max.
-TAU_D_EPS = 8.0  # inline in extreme_eigh.cpp
+#: Cholesky shift tau = max(rtol, TAU_D_EPS * d * eps64) * lam_max ...
+TAU_D_EPS = 8.0
+#: ... grown by this factor per failed factorisation, up to indefinite_floor(S.dtype) * lam_max.
+TAU_GROWTH = 10.0
+#: A null space that swamps the bound by rounding: the solve is redone with the shift
+#: WIDE_SHIFT * lam, when lam > WIDE_MARGIN * tau.
+WIDE_SHIFT = 0.25
+WIDE_MARGIN = 4.0
 
 # ---------------------------------------------------------------- input checks and scaling
 #: S is accepted as symmetric when max|S - S^T| <= this * max|S| (about sqrt(eps)).
 SYMMETRY_RTOL = {torch.float32: 3.5e-4, torch.float64: 1.5e-8}
 #: S is rescaled by a power of two when max|S| = f * 2^e, f in [0.5, 1), has |e| above this.
-RANGE_EXPONENT_LIMIT = {torch.float32: 40, torch.float64: 256}  # inline in checks.cpp
+RANGE_EXPONENT_LIMIT = {torch.float32: 40, torch.float64: 256}
 
 # ---------------------------------------------------------------- edges of the numerical range
 #: R_ill = 1 / max(D, ILL_FLOOR * eps(S) * ||S||_F^2 / (2k)): D at rounding level or below
@@ -47,6 +59,6 @@ ILL_FLOOR = 64.0
 def indefinite_floor(dtype: torch.dtype) -> float:
     """Eigenvalues down to ``-indefinite_floor(S.dtype) * lam_max`` are rounding (a Gram matrix
     formed in S's dtype): plain Lanczos' indefiniteness test, and how far the Cholesky shift
-    tau may grow (10x per failed factorisation) before S is declared indefinite. sqrt(eps),
-    inline in extreme_eigh.cpp."""
+    tau may grow (TAU_GROWTH per failed factorisation) before S is declared indefinite.
+    sqrt(eps) (policy::proves_indefinite, policy::max_cholesky_shift)."""
     return math.sqrt(torch.finfo(dtype).eps)

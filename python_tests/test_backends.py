@@ -88,49 +88,62 @@ def test_environment_variable_with_a_typo_is_refused():
 
 # ----------------------------------------------------------------------------- one policy
 
-
-def _cpp_constant(source: str, name: str) -> float:
-    match = re.search(rf"constexpr \w+ {name} = ([0-9.e+-]+);", (CSRC / source).read_text())
-    assert match, f"{name} not found in {source}"
-    return float(match.group(1))
-
-
-@pytest.mark.parametrize(
-    ("source", "cpp", "python"),
-    [
-        ("cpu/extreme_eigh.cpp", "kFirstCheck", "FIRST_CHECK"),
-        ("cpu/extreme_eigh.cpp", "kRoundingSlack", "ROUNDING_SLACK"),
-        ("cpu/extreme_eigh.cpp", "kSkiRental", "SKI_RENTAL"),
-        ("cpu/extreme_eigh.cpp", "kRateWindow", "RATE_WINDOW"),
-        ("cpu/extreme_eigh.cpp", "kFloorSlack", "FLOOR_SLACK"),
-    ],
-)
-def test_policy_constants_equal_the_cpu_kernels(source, cpp, python):
-    assert _cpp_constant(source, cpp) == getattr(_policy, python)
+POLICY_H = CSRC / "solver_policy.h"
+#: Header constants the portable path does not use, with why.
+NATIVE_ONLY = {
+    "kEps32": "machine epsilon (torch.finfo on the portable side)",
+    "kEps64": "machine epsilon (torch.finfo on the portable side)",
+    "kSecondPass": "the portable Lanczos always makes two Gram-Schmidt passes",
+    "kInverseIterations": "the portable path takes T's eigenvectors from eigh",
+    "kNormRescaleBelow": "the portable squared norm always rescales",
+}
 
 
-def test_inline_policy_values_equal_the_cpu_kernels():
-    """The values the C++ code writes inline, read from the sources."""
-    checks_h = (CSRC / "cpu/checks.h").read_text()
-    f32, f64 = re.search(
-        r"is_same_v<scalar_t, float> \? ([0-9.e-]+) : ([0-9.e-]+)", checks_h
-    ).groups()
+def _header_constants() -> dict[str, float]:
+    found = re.findall(r"constexpr \w+ (k\w+) = ([0-9.e+x-]+p?-?\d*);", POLICY_H.read_text())
+    return {name: float.fromhex(v) if "x" in v else float(v) for name, v in found}
+
+
+def _python_name(cpp: str) -> str:
+    """kSkiRental -> SKI_RENTAL, kTauDEps -> TAU_D_EPS."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cpp[1:]).upper()
+
+
+def test_every_policy_constant_is_mirrored_with_the_same_value():
+    constants = _header_constants()
+    assert {"kFirstCheck", "kSkiRental", "kIllFloor", "kFloorSlack"} <= constants.keys()
+    for cpp, value in constants.items():
+        if cpp in NATIVE_ONLY:
+            continue
+        python = _python_name(cpp)
+        assert hasattr(_policy, python), f"{cpp} has no mirror {python} in condnum/_policy.py"
+        assert getattr(_policy, python) == value, (cpp, value, getattr(_policy, python))
+
+
+def test_per_dtype_policy_values_equal_the_header():
+    header = POLICY_H.read_text()
+    per_dtype = r"\(bool single\) \{ return single \? ([0-9.e-]+) : ([0-9.e-]+);"
+    f32, f64 = re.search(r"symmetry_rtol" + per_dtype, header).groups()
     assert _policy.SYMMETRY_RTOL == {torch.float32: float(f32), torch.float64: float(f64)}
-    checks = (CSRC / "cpu/checks.cpp").read_text()
-    f32, f64 = re.search(r"limit = dtype == at::kFloat \? (\d+) : (\d+);", checks).groups()
+    f32, f64 = re.search(r"range_exponent_limit" + per_dtype, header).groups()
     assert _policy.RANGE_EXPONENT_LIMIT == {torch.float32: int(f32), torch.float64: int(f64)}
-    lanczos = (CSRC / "cpu/lanczos.cpp").read_text()
-    assert float(re.search(r"b <= ([0-9.]+) \* std::sqrt", lanczos).group(1)) == _policy.BREAKDOWN
-    eigh = (CSRC / "cpu/extreme_eigh.cpp").read_text()
-    tau = re.search(r"std::max\(rtol, ([0-9.]+) \* d \* std::numeric_limits", eigh).group(1)
-    assert float(tau) == _policy.TAU_D_EPS
-    # R_ill's floor on D
-    regularizers = (CSRC / "cpu/regularizers.cpp").read_text()
-    floor = re.search(r"kIllFloor = ([0-9.]+);", regularizers)
-    assert float(floor.group(1)) == _policy.ILL_FLOOR
-    # the indefiniteness test of plain Lanczos: -sqrt(eps) |lam_max|
-    assert "lowest >= -std::sqrt(eps) * std::abs(top.value)" in eigh
+    # the indefiniteness test and the Cholesky ladder's top: sqrt(eps(S)) lam_max
+    assert "!(lowest >= -sqrt(eps_s) * fabs(lam_max))" in header
+    assert "const double top = sqrt(eps_s) * lam_max;" in header
     assert _policy.indefinite_floor(torch.float32) == torch.finfo(torch.float32).eps ** 0.5
+
+
+@pytest.mark.parametrize("folder", ["cpu", "cuda"])
+def test_kernels_read_the_policy_from_the_header(folder):
+    """No kernel source defines a policy constant of its own (a second copy could drift)."""
+    names = _header_constants().keys()
+    for source in sorted((CSRC / folder).iterdir()):
+        text = source.read_text()
+        for name in names:
+            redefined = re.search(rf"constexpr \w+ {name} =", text)
+            assert not redefined, f"{source.name} redefines {name}"
+    sources = " ".join(p.read_text() for p in (CSRC / folder).iterdir())
+    assert '#include "solver_policy.h"' in sources
 
 
 # ----------------------------------------------------------------------------- agreement

@@ -123,13 +123,13 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         # predicts that it will not converge in time.
         extra = m - top_step
         allowance = _policy.SKI_RENTAL * si_cost - extra
-        log_rel[m] = math.log(max(bottom.bound, 1e-300) / bottom.value)
+        log_rel[m] = math.log(max(bottom.bound, _policy.LOG_BOUND_FLOOR) / bottom.value)
         if allowance <= 0:
             break
         if extra >= _policy.RATE_WINDOW:
             rate = (log_rel[m - _policy.RATE_WINDOW] - log_rel[m]) / _policy.RATE_WINDOW
-            needed = (log_rel[m] - math.log(tol)) / max(rate, 1e-3)
-            if needed > 2 * allowance or m + needed > lz.max_steps:
+            needed = (log_rel[m] - math.log(tol)) / max(rate, _policy.MIN_RATE)
+            if needed > _policy.RATE_MARGIN * allowance or m + needed > lz.max_steps:
                 break
     # Keep the accepted top pair unless the final one has a smaller bound, or has risen past
     # the accepted one's bound (which had then settled on a lower eigenvalue).

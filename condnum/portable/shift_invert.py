@@ -59,7 +59,7 @@ def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
                 "S must be positive semi-definite, but the Cholesky factorisation of "
                 f"S + tau*I failed for tau up to {tau:g} (lam_max = {lam_max:g})",
             )
-        tau *= 10
+        tau *= _policy.TAU_GROWTH
 
 
 def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
@@ -194,8 +194,8 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
         # A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at
         # that scale can swamp it: shift by ~lam / 4 instead (one more factorisation).
         if chol.floor_limited or math.isnan(chol.lam):
-            guess = chol.lam if chol.lam > 4 * tau else theta_range
-            if guess > 4 * tau:
+            guess = chol.lam if chol.lam > _policy.WIDE_MARGIN * tau else theta_range
+            if guess > _policy.WIDE_MARGIN * tau:
                 wide = cholesky_bottom(
                     W,
                     lam_max,
@@ -203,7 +203,7 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
                     tol,
                     num_iters,
                     chol.u if chol.u is not None else start64,
-                    0.25 * guess,
+                    _policy.WIDE_SHIFT * guess,
                 )
                 if not math.isnan(wide.lam) and (
                     math.isnan(chol.lam) or wide.converged or wide.err < chol.err

@@ -236,24 +236,8 @@ Symmetrized symmetrized(const at::Tensor& S, const char* op, const char* arg,
   return {W, max_abs};
 }
 
-namespace {
-
-// 2^e with max_abs = f * 2^e, f in [0.5, 1): dividing by it is exact and brings max_abs to [0.5, 1).
-double power_of_two_above(double max_abs, int* exponent) {
-  std::frexp(max_abs, exponent);
-  return std::ldexp(1.0, *exponent);
-}
-
-}  // namespace
-
 double range_scale(double max_abs, at::ScalarType dtype) {
-  // float32 Lanczos squares entries of S v in float32; float64 keeps wide margins for the
-  // float64 shift-and-invert (whose operator norm is ~1 / (d eps lam_max)).
-  const int limit = dtype == at::kFloat ? 40 : 256;
-  if (max_abs == 0 || !std::isfinite(max_abs)) return 1.0;
-  int e = 0;
-  const double p = power_of_two_above(max_abs, &e);
-  return e > limit || e < -limit ? p : 1.0;
+  return policy::range_scale(max_abs, dtype == at::kFloat);
 }
 
 namespace {
@@ -303,12 +287,12 @@ SquaredNorm squared_norm(const at::Tensor& S) {
     };
     out.sum = sum_rows(1.0, 1.0);
     // A sum that overflowed, or squares lost to underflow: redo it scaled by a power of 2.
-    if (!std::isfinite(out.sum) || out.sum < 0x1p-900) {
+    if (policy::norm_needs_rescaling(out.sum)) {
       const double m = max_abs_of(s, Sc.numel());
       out.finite = std::isfinite(m) && !std::isnan(out.sum);
       if (out.finite && m > 0) {
         int e = 0;
-        out.scale = power_of_two_above(m, &e);
+        out.scale = policy::power_of_two_above(m, &e);
         out.sum = sum_rows(std::ldexp(1.0, -e / 2), std::ldexp(1.0, -(e - e / 2)));
       }
     }

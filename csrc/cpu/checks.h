@@ -6,6 +6,8 @@
 
 #include <limits>
 
+#include "solver_policy.h"
+
 namespace condnum {
 
 // Machine epsilon of the working dtype (float32 or float64).
@@ -81,7 +83,7 @@ inline void check_spectral_operands(const at::Tensor& S, const at::Tensor& lam,
 // Symmetric matrices are accepted up to rounding: |S_ij - S_ji| <= sqrt(eps) * max|S|.
 template <typename scalar_t>
 constexpr double symmetry_rtol() {
-  return std::is_same_v<scalar_t, float> ? 3.5e-4 : 1.5e-8;
+  return policy::symmetry_rtol(std::is_same_v<scalar_t, float>);
 }
 
 struct Symmetrized {

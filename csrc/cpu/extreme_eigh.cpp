@@ -42,33 +42,16 @@
 
 #include "cpu/checks.h"
 #include "cpu/lanczos.h"
+#include "solver_policy.h"
 
 namespace condnum {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// Plain Lanczos is trusted for lam_min only while kappa * eps(S) * this stays below tol:
-// rounding in S v perturbs the Ritz values by ~ eps ||S||.
-constexpr double kRoundingSlack = 4.0;
-// Steps before the first convergence check (a Ritz value of a 2x2 T is rarely converged).
-constexpr int64_t kFirstCheck = 3;
-// Plain Lanczos may spend this fraction of the shift-and-invert cost on the bottom end
-// after lam_max has converged ...
-constexpr double kSkiRental = 0.6;
-// ... judging its progress by the error bound's decay over this many steps.
-constexpr int64_t kRateWindow = 6;
-
-// A Ritz value is accepted only when its error bound meets tol at two consecutive steps,
-// a cheap guard against accepting a value that is about to move (a start vector nearly
-// orthogonal to the wanted eigenvector makes Lanczos settle on a neighbour first).
-struct Acceptance {
-  int64_t last_ok = -2;
-  bool operator()(bool ok, int64_t m) {
-    const bool accept = ok && last_ok == m - 1;
-    if (ok) last_ok = m;
-    return accept;
-  }
-};
+using policy::Acceptance;
+using policy::kFirstCheck;
+using policy::kRateWindow;
+using policy::relative;
 
 at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S, const char* op,
                         const char* arg) {
@@ -94,12 +77,6 @@ at::Tensor start_vector(const at::Tensor& a, const at::Tensor& b, const at::Tens
 at::Tensor with_sign_convention(at::Tensor u) {
   const auto i = u.abs().argmax().item<int64_t>();
   return u[i].item<double>() < 0 ? -u : u;
-}
-
-// |error| / |value|, 0 for an exact zero (S = 0), inf for an unbounded error.
-double relative(double bound, double value) {
-  if (bound == 0) return 0.0;
-  return value != 0 ? bound / std::abs(value) : std::numeric_limits<double>::infinity();
 }
 
 // Estimated cost of the shift-and-invert solve (a float64 Cholesky plus ~40 pairs of
@@ -166,7 +143,8 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
     lz.ritz(ib, bottom);
     const bool same_target = ib == bottom_index;
     bottom_index = ib;
-    if (bottom.value <= rtol * lam_top || lam_top * eps * kRoundingSlack > tol * bottom.value)
+    if (bottom.value <= rtol * lam_top ||
+        policy::too_ill_conditioned_for_plain(lam_top, bottom.value, eps, tol))
       break;
     if (lz.invariant() || bottom_ok(bottom.bound <= tol * bottom.value && same_target, m)) {
       bottom_converged = true;
@@ -178,14 +156,11 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
     // bound fell over the last kRateWindow steps predicts that it will not converge in time
     // (dense bottoms: the bound stalls while new Ritz values keep arriving from above).
     const int64_t extra = m - top_step;
-    const double allowance = kSkiRental * si_cost - extra;
-    log_rel[m] = std::log(std::max(bottom.bound, 1e-300) / bottom.value);
-    if (allowance <= 0) break;
-    if (extra >= kRateWindow) {
-      const double rate = (log_rel[m - kRateWindow] - log_rel[m]) / kRateWindow;
-      const double needed = (log_rel[m] - std::log(tol)) / std::max(rate, 1e-3);
-      if (needed > 2 * allowance || m + needed > lz.max_steps()) break;
-    }
+    log_rel[m] = policy::log_relative_bound(bottom.bound, bottom.value);
+    const int64_t back = extra >= kRateWindow ? kRateWindow : 0;
+    if (policy::ski_rental_gives_up(extra, si_cost, log_rel[m], log_rel[m - back], back, tol, m,
+                                    lz.max_steps()))
+      break;
   }
   // The final top pair is at least as close to lam_max (interlacing) but may have a larger
   // residual than the one accepted earlier (a new Ritz value from a cluster): keep the
@@ -202,7 +177,7 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   out.err_max = relative(top.bound, top.value);
   // Ritz values bound the spectrum from inside, so a clearly negative one proves S indefinite.
   const double lowest = lz.value(0);
-  TORCH_CHECK_VALUE(lowest >= -std::sqrt(eps) * std::abs(top.value), "condnum.", op,
+  TORCH_CHECK_VALUE(!policy::proves_indefinite(lowest, top.value, eps), "condnum.", op,
                     ": S must be positive semi-definite, but it has an eigenvalue ", lowest,
                     " < 0 (lam_max = ", top.value, ")");
   if (want_bottom) {
@@ -236,14 +211,10 @@ struct Bottom {
   bool floor_limited = false;  // rounding (rounding_floor) alone exceeds tol
 };
 
-// Float64 rounding in the Krylov basis perturbs every Ritz value of an operator by about eps
-// times its largest Ritz magnitude, even once the space is invariant: an absolute floor under
-// the residual bound. It matters when eigenvalues below the threshold (a null space) map far
-// above the wanted one.
-constexpr double kFloorSlack = 16.0;
+// The rounding floor under the residual bound (policy::rounding_floor). It matters when
+// eigenvalues below the threshold (a null space) map far above the wanted one.
 double rounding_floor(const Lanczos<double>& lz) {
-  return kFloorSlack * std::numeric_limits<double>::epsilon() *
-         std::max(std::abs(lz.value(0)), std::abs(lz.value(lz.size() - 1)));
+  return policy::rounding_floor(lz.value(0), lz.value(lz.size() - 1));
 }
 
 // Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}; the wanted Ritz value is the largest one
@@ -259,11 +230,11 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
                        int64_t num_iters, const at::Tensor& start, double tau) {
   const int64_t d = W.size(0);
   at::Tensor U;  // (d, d) row-major; its upper triangle holds U, S + tau I = U^T U
-  // A Gram matrix built in S's dtype may be indefinite by rounding, down to about
-  // -sqrt(eps) lam_max (the indefiniteness test of plain Lanczos): tau grows 10x per failed
-  // factorisation up to that level before S is declared indefinite.
-  const double max_tau = std::max(tau, std::sqrt(eps_of(W.scalar_type())) * lam_max);
-  for (;; tau *= 10) {
+  // A Gram matrix built in S's dtype may be indefinite by rounding (the indefiniteness test
+  // of plain Lanczos): tau grows per failed factorisation up to that level before S is
+  // declared indefinite.
+  const double max_tau = policy::max_cholesky_shift(tau, lam_max, eps_of(W.scalar_type()));
+  for (;; tau *= policy::kTauGrowth) {
     auto A = shifted64(W, tau);
 #if AT_BUILD_WITH_LAPACK()
     // In place: row-major A is the column-major A^T = A, whose lower Cholesky factor L
@@ -300,7 +271,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   // |d lam| = |d theta| / theta^2
   auto error = [&](const Ritz& r) {
     const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
-    return bound / (r.value * r.value) / (1.0 / r.value - tau);
+    return policy::shift_invert_error(bound, r.value, 1.0 / r.value - tau);
   };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
@@ -341,7 +312,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   out.u = lz.ritz_vector(r, at::kDouble);
   out.err = error(r);
   out.converged = converged || accurate(r);
-  out.floor_limited = rounding_floor(lz) / (r.value * r.value) / out.lam > tol;
+  out.floor_limited = policy::shift_invert_error(rounding_floor(lz), r.value, out.lam) > tol;
   return out;
 }
 
@@ -387,7 +358,7 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   lz.start(start);
   auto error = [&](const Ritz& r) {
     const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
-    return bound / (r.value * r.value) / (sigma + 1.0 / r.value);
+    return policy::shift_invert_error(bound, r.value, sigma + 1.0 / r.value);
   };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
@@ -437,17 +408,18 @@ Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, dou
     tried_ldl = true;
   }
   if (!out.converged) {
-    const double tau = std::max(rtol, 8.0 * d * std::numeric_limits<double>::epsilon()) * lam_max;
+    const double tau = policy::cholesky_shift(rtol, d, lam_max);
     auto chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau);
     // A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at that
     // scale can swamp it: shift by ~lam / 4 instead (lam from this solve, else plain
     // Lanczos' estimate), which maps the null space within a factor 5 of the wanted value
-    // (one more factorisation).
+    // (one more factorisation; policy::kWideShift).
     if (chol.floor_limited || std::isnan(chol.lam)) {
-      const double guess = chol.lam > 4 * tau ? chol.lam : theta_range;
-      if (guess > 4 * tau) {
+      const double guess = chol.lam > policy::kWideMargin * tau ? chol.lam : theta_range;
+      if (guess > policy::kWideMargin * tau) {
         auto wide = cholesky_bottom(W, lam_max, rtol, tol, num_iters,
-                                    chol.u.defined() ? chol.u : start64, 0.25 * guess);
+                                    chol.u.defined() ? chol.u : start64,
+                                    policy::kWideShift * guess);
         if (!std::isnan(wide.lam) && (std::isnan(chol.lam) || wide.converged || wide.err < chol.err))
           chol = wide;
       }

@@ -1,5 +1,6 @@
 #include "cpu/lanczos.h"
 
+#include "solver_policy.h"
 #include "tridiagonal_lu.h"
 
 #include <ATen/Parallel.h>
@@ -228,8 +229,7 @@ void cholesky_solve_upper(const double* U, int64_t d, double* b) {
 namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();
-// Second Gram-Schmidt pass when ||w||^2 fell below this fraction of ||A v||^2.
-constexpr double kSecondPass = 0.5;
+using policy::kSecondPass;
 
 // Smallest pivot magnitude in the Sturm recurrence (LAPACK's pivmin).
 double pivmin(const Tridiagonal& T) {
@@ -316,14 +316,8 @@ void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
   }
   tridiagonal_lu(m, dd, dl, du, du2, piv,
                  std::max(kEps * tnorm, std::numeric_limits<double>::min()));
-  // Start: a fixed pseudo-random vector (never orthogonal to the eigenvector in practice);
-  // two solves make the eigenvector dominate by (gap / |theta error|)^2.
-  uint64_t state = 0x2545F4914F6CDD1DULL;
-  for (int64_t i = 0; i < m; ++i) {
-    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-    s[i] = 0.5 + static_cast<double>(state >> 11) * (1.0 / 9007199254740992.0);
-  }
-  for (int it = 0; it < 2; ++it) {
+  policy::inverse_iteration_start(m, s);
+  for (int it = 0; it < policy::kInverseIterations; ++it) {
     tridiagonal_lu_solve(m, dd, dl, du, du2, piv, s);
     double nrm = 0, big = 0;
     for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(s[i]));
@@ -396,7 +390,7 @@ bool Lanczos<scalar_t>::step() {
   scale_ = std::max({scale_, std::abs(alpha), b});
   m_ = j + 1;
   // A breakdown means V spans an invariant subspace: its Ritz pairs are exact.
-  invariant_ = b <= 10.0 * std::sqrt(static_cast<double>(d)) * eps_ * scale_ || m_ == d;
+  invariant_ = policy::breakdown(b, d, eps_, scale_) || m_ == d;
   if (!invariant_) {
     scalar_t* next = V + (j + 1) * d;
     const scalar_t inv = static_cast<scalar_t>(1.0 / b);

@@ -12,10 +12,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "cpu/checks.h"
+#include "solver_policy.h"
 
 namespace condnum {
 namespace {
@@ -26,10 +26,9 @@ at::Tensor scalar_like(double value, const at::Tensor& S) {
   return at::scalar_tensor(value, S.options().dtype(at::kDouble)).to(S.scalar_type());
 }
 
-// out = a (b u u^T + c S), evaluated in float64 per entry and rounded once to S's dtype, so
-// a large a (R_ill^2 for a tiny S) times a small S stays representable.
-at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double a, double b,
-                                double c) {
+// out = a (b u u^T + c S) (policy::rank_one_plus_scaled).
+at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u,
+                                const policy::RankOnePlusScaled& coef) {
   const auto Sc = S.contiguous();
   const auto uc = u.contiguous();
   auto out = at::empty_like(Sc);
@@ -40,18 +39,15 @@ at::Tensor rank_one_plus_scaled(const at::Tensor& S, const at::Tensor& u, double
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, d, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double bi = b * static_cast<double>(v[i]);
+        const double bi = coef.b * static_cast<double>(v[i]);
         for (int64_t j = 0; j < d; ++j)
-          o[i * d + j] = static_cast<scalar_t>(
-              a * (bi * static_cast<double>(v[j]) + c * static_cast<double>(s[i * d + j])));
+          o[i * d + j] = static_cast<scalar_t>(policy::rank_one_plus_scaled(
+              coef, bi, static_cast<double>(v[j]), static_cast<double>(s[i * d + j])));
       }
     });
   });
   return out;
 }
-
-// D(S) is never taken below this many units of rounding of ||S||_F^2 / (2k).
-constexpr double kIllFloor = 64.0;
 
 // ||S||_F^2 as scale^2 * sum, refusing NaN/Inf.
 SquaredNorm checked_squared_norm(const at::Tensor& S, const char* op) {
@@ -73,7 +69,8 @@ at::Tensor r_well_cpu(const at::Tensor& S, const at::Tensor& lam_max, const at::
 at::Tensor r_well_backward_cpu(const at::Tensor& grad, const at::Tensor& S,
                                const at::Tensor& lam_max, const at::Tensor& u_max, int64_t k) {
   check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max");
-  return rank_one_plus_scaled(S, u_max, grad.item<double>(), lam_max.item<double>(), -1.0 / k);
+  const auto coefficients = policy::well_backward(grad.item<double>(), lam_max.item<double>(), k);
+  return rank_one_plus_scaled(S, u_max, coefficients);
 }
 
 at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::Tensor& u_min,
@@ -85,8 +82,7 @@ at::Tensor r_ill_cpu(const at::Tensor& S, const at::Tensor& lam_min, const at::T
   // D = 0 exactly when all k eigenvalues equal lam_min (kappa = 1), and lam_min from
   // outside the spectrum or k beyond the number of eigenvalues can make it negative: D is
   // floored at the rounding level of ||S||_F^2 / (2k), so R_ill stays finite (and large).
-  const double floor = kIllFloor * eps_of(S.scalar_type()) * half_mean_sq;
-  const double D = std::max(half_mean_sq - 0.5 * lam * lam, floor);
+  const double D = policy::ill_denominator(half_mean_sq, lam, eps_of(S.scalar_type()));
   return scalar_like(1.0 / D / n.scale / n.scale, S);
 }
 
@@ -98,7 +94,7 @@ at::Tensor r_ill_backward_cpu(const at::Tensor& grad, const at::Tensor& S, const
   const double g = grad.item<double>();
   if (g == 0) return at::zeros_like(S);  // even where R = +inf (S = 0): no push, not NaN
   const double rv = r.item<double>();
-  return rank_one_plus_scaled(S, u_min, g * rv, rv * lam_min.item<double>(), -rv / k);
+  return rank_one_plus_scaled(S, u_min, policy::ill_backward(g, rv, lam_min.item<double>(), k));
 }
 
 }  // namespace

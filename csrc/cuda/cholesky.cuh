@@ -11,8 +11,10 @@
 // backward-stable substitution), so X^T X = (I + F)^T A^{-1} (I + F) is a congruence of
 // A^{-1}: by Ostrowski's theorem its eigenvalues are those of A^{-1} up to a relative
 // (1 + ||F||)^2, the same kind of error as two backward-stable triangular solves.
-// tau starts at max(rtol, 8 d eps64) lam_max and grows 10x per failed attempt (rounding
-// can make W + tau I indefinite), at most kCholAttempts attempts, all on the device.
+// tau starts at tau0 (policy::cholesky_shift, or the wide shift of the null-space retry)
+// and grows by policy::kTauGrowth per failed attempt (rounding can make W + tau I
+// indefinite) up to max_tau (policy::max_cholesky_shift), as on the CPU, all on the device;
+// beyond it S is declared indefinite (ok = 0).
 //
 // Algorithm: right-looking blocked Cholesky over 32 x 32 tiles, fused with the
 // right-looking blocked inversion (R starts at the identity; X_kj = X_kk R_kj):
@@ -30,18 +32,22 @@
 #pragma once
 
 #include "cuda/common.cuh"
+#include "solver_policy.h"
 
 namespace condnum::cuda {
 
 constexpr int kCholThreads = 256;
-constexpr int kCholAttempts = 5;  // tau, 10 tau, ..., 10^4 tau
+// Attempts the ladder can take: tau0 >= kTauDEps eps64 lam_max and max_tau <=
+// max(tau0, sqrt(eps32) lam_max) allow at most 13 (12 growths by 10).
+constexpr int kCholMaxAttempts = 16;
 constexpr int kTile = 32;
 
 struct CholState {
   int run;                  // in: 1 when the shift-and-invert solve is needed
   int ok;                   // out: 1 when a factorisation succeeded
-  int fail[kCholAttempts];  // per attempt: a non-positive pivot was met
-  double tau0;              // in
+  int fail[kCholMaxAttempts];  // per attempt: a non-positive pivot was met
+  double tau0;                 // in
+  double max_tau;              // in
   double tau;               // out: the shift that worked (the Lanczos kernel reads
   double threshold;         //      {tau, threshold} from here: keep them adjacent)
 };
@@ -193,7 +199,8 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(CholPara
   };
 
   double tau = p.st->tau0;
-  for (int attempt = 0; attempt < kCholAttempts; ++attempt, tau *= 10.0) {
+  const double max_tau = p.st->max_tau;
+  for (int attempt = 0; attempt < kCholMaxAttempts; ++attempt, tau *= policy::kTauGrowth) {
     // A = W + tau I (lower triangle, padded with I); B strictly-lower tiles = 0 (R = I).
     const int64_t total = static_cast<int64_t>(dp) * dp;
     for (int64_t e = static_cast<int64_t>(bid) * kCholThreads + tid; e < total;
@@ -286,6 +293,7 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(CholPara
       }
       return;
     }
+    if (!(tau < max_tau)) return;  // S is indefinite beyond rounding: ok stays 0
   }
 }
 

@@ -3,23 +3,30 @@
 //   lam_max = max eig(S),  lam_min = min { lam in eig(S) : lam > rtol * lam_max }
 //   S: (d, d) float32/float64 -> lam_min, lam_max: (), u_min, u_max: (d,) in S's dtype,
 //   err: () float64, the larger relative error bound of the two eigenvalues.
-// Same method and rules as csrc/cpu/extreme_eigh.cpp, with every decision taken on the
-// device (no host synchronisation, no scalar copied back: the op can be captured in a
-// CUDA graph). Kernels, all on the caller's stream:
+// Same method and rules as csrc/cpu/extreme_eigh.cpp (the shared ones in solver_policy.h),
+// with every decision taken on the device (no host synchronisation, no scalar copied back:
+// the op can be captured in a CUDA graph). Kernels, all on the caller's stream:
 //   1. symmetrize (symmetrize.cuh): W = (S + S^T) / 2, and the finiteness/symmetry
-//      checks as device flags;
+//      checks as device flags; W is divided by a power of two when max|S| is out of
+//      range (policy::range_scale; the eigenvalues are scaled back at the end);
 //   2. Lanczos on W (lanczos.cuh, persistent cooperative kernel; float64 basis) from the
 //      warm starts (or the splitmix64 start): lam_max, and the bottom end while plain
 //      Lanczos is predicted cheaper than step 4 and S is not too ill-conditioned;
 //   3. select (one block): Ritz values, error bounds and vectors s of T (tridiagonal.cuh),
 //      and the decisions: invalid input / indefinite / S = 0 / bottom from step 2 /
-//      shift-and-invert needed, with tau0 = max(rtol, 8 d eps64) lam_max;
+//      shift-and-invert needed, with tau0 = policy::cholesky_shift; the top pair accepted
+//      by the Lanczos kernel is kept unless the final one is better (as on the CPU);
 //      ritz + finalize: y = V^T s, unit, sign convention (largest |u_i| positive), outputs;
 //   4. if needed, shift-and-invert in float64: Cholesky of W + tau I and X = L^{-1}
-//      (cholesky.cuh, tau x10 per failed attempt), Lanczos on X^T X = (W + tau I)^{-1}
+//      (cholesky.cuh, the CPU's shift ladder), Lanczos on X^T X = (W + tau I)^{-1}
 //      (started from v0_min or the step-2 bottom vector), whose wanted Ritz value is the
-//      largest one below 1 / (threshold + tau); lam_min = 1 / theta - tau. Kernels of this
+//      largest one below 1 / (threshold + tau); lam_min = 1 / theta - tau, its error bound
+//      floored at the rounding of the basis (policy::rounding_floor). Kernels of this
 //      step read a device flag and return at once when step 3 did not ask for it.
+//   5. the null-space retry, as on the CPU: when step 4's bound is limited by that floor
+//      (a null space mapped to ~1 / tau) or it found nothing, step 4 again with the wide
+//      shift policy::kWideShift * lam (lam from step 4, else step 2's estimate); its
+//      answer replaces step 4's when it converged or has the smaller bound.
 // Where the CPU kernel raises, the outputs are NaN instead (kernels.h); the CPU's
 // LDL^T fallback for crowded spectra below the threshold is not implemented: such a
 // solve ends at the step budget, with its error bound in err.
@@ -45,15 +52,20 @@ enum Status : int {
   kStBottomPlain = 8,  // lam_min from plain Lanczos
 };
 
+// Shift-and-invert runs: the first (tau0) and the null-space retry (wide shift).
+constexpr int kSiRuns = 2;
+
 struct EighCtrl {
   SymStats sym;
-  LzResult lz[2];  // phase 1 (Lanczos on W), phase 2 (shift-and-invert)
-  CholState chol;
-  int si_run;  // set by the Cholesky kernel on success
-  int si_vec;  // set by the phase-2 select kernel when lam_min was found
+  LzResult lz[1 + kSiRuns];  // phase 1 (Lanczos on W), phases 2, 3 (shift-and-invert)
+  CholState chol[kSiRuns];
+  int si_run[kSiRuns];  // set by the Cholesky kernel on success
+  int si_vec[kSiRuns];  // set by the select kernel when this run's lam_min is the answer
   int status;
   int pad_;
+  double scale;  // S = scale * W (policy::range_scale)
   double lam_max, err_max, lam_min, err_min;
+  double lam_range;  // plain Lanczos' bottom Ritz value (the wide shift's fallback guess)
 };
 
 constexpr int kSelectThreads = 256;
@@ -67,7 +79,7 @@ struct EighPlan {
   bool with_si;
   size_t smem1, smem2;
   size_t off_ctrl, off_W, off_V, off_alpha, off_beta, off_wbuf, off_ybuf, off_part, off_svec,
-      off_work, off_y, off_ubot, off_A, off_B, total;
+      off_work, off_y, off_ubot, off_ustart, off_A, off_B, total;
 };
 
 template <typename T, int OP>
@@ -131,6 +143,8 @@ cudaError_t make_plan(int64_t d64, int64_t num_iters, bool with_si, EighPlan* P)
   c.take<double>(2 * dd);
   P->off_ubot = c.used;
   c.take<double>(dd);
+  P->off_ustart = c.used;
+  if (with_si) c.take<double>(dd);
   P->off_A = c.used;
   if (with_si) c.take<double>(static_cast<size_t>(P->dp) * P->dp);
   P->off_B = c.used;
@@ -151,7 +165,7 @@ struct SelectParams {
   const double* alpha;
   const double* beta;
   EighCtrl* ctrl;
-  int phase;  // 0: top_eigh, 1: extreme_eigh on W, 2: shift-and-invert
+  int phase;  // 0: top_eigh, 1: extreme_eigh on W, 2, 3: shift-and-invert (tau0, wide)
   int d;
   double rtol, tol;
   double* svec;  // (2, steps)
@@ -159,18 +173,56 @@ struct SelectParams {
   int steps;
 };
 
+// Phases 2, 3 (thread 0): the shift-and-invert run's answer and, after phase 2, whether
+// the null-space retry is needed.
+template <typename T>
+__device__ void select_shift_invert(const SelectParams<T>& p, const Analysis& an, bool found,
+                                    const Tri& tri) {
+  EighCtrl* ctrl = p.ctrl;
+  const int q = p.phase - 2;
+  const CholState& st = ctrl->chol[q];
+  const double tau = st.tau;
+  const double lam = found ? 1.0 / an.theta_k - tau : quiet_nan<double>();
+  const double err = found ? si_error(an, tau) : dbl_inf();
+  bool use = found;
+  if (q == 0) {
+    const bool floor_limited =
+        found && policy::shift_invert_error(an.floor, an.theta_k, lam) > p.tol;
+    if (floor_limited || !found) {
+      const double tau0 = st.tau0;
+      const double guess = found && lam > policy::kWideMargin * tau0 ? lam : ctrl->lam_range;
+      if (guess > policy::kWideMargin * tau0) {
+        CholState& wide = ctrl->chol[1];
+        wide.run = 1;
+        wide.tau0 = policy::kWideShift * guess;
+        wide.max_tau = policy::max_cholesky_shift(wide.tau0, ctrl->lam_max, Eps<T>::value);
+        wide.threshold = st.threshold;
+      }
+    }
+  } else {
+    use = found && (ctrl->si_vec[0] == 0 || err <= p.tol || err < ctrl->err_min);
+  }
+  ctrl->si_vec[q] = use ? 1 : 0;
+  if (!use) return;
+  ctrl->lam_min = lam;
+  ctrl->err_min = err;
+  inverse_iteration(tri, an.theta_k, p.svec, p.work);
+}
+
 // One block: Ritz values, bounds, decisions, and the vectors s of T for the ritz kernel.
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams<T> p) {
   EighCtrl* ctrl = p.ctrl;
-  if (p.phase == 2 && ctrl->chol.run == 0) return;  // uniform
+  const bool si = p.phase >= 2;
+  const int q = p.phase - 2;
+  if (si && ctrl->chol[q].run == 0) return;  // uniform
   extern __shared__ double smem[];
   __shared__ double small[64];
   __shared__ int ints[kSelectThreads + 8];
   const int tid = threadIdx.x;
-  const LzResult res = ctrl->lz[p.phase == 2 ? 1 : 0];
-  if (p.phase == 2 && ctrl->si_run == 0) {  // every Cholesky attempt failed
-    if (tid == 0) ctrl->si_vec = 0;
+  const LzResult res = ctrl->lz[si ? 1 + q : 0];
+  if (si && ctrl->si_run[q] == 0) {  // every Cholesky attempt failed
+    if (tid == 0) ctrl->si_vec[q] = 0;
     return;
   }
   const int m = res.m;
@@ -185,61 +237,60 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams<T> 
   AnalysisScratch asc{TriScratch{small, ints, small + 32, small + 36, ints + kSelectThreads},
                       small + 40, small + 48, ints + kSelectThreads + 1};
   const int mode = p.phase == 0 ? kModeTop : p.phase == 1 ? kModeExtreme : kModeShiftInvert;
-  double tau = 0.0, c = 0.0;
-  if (p.phase == 2) {
-    tau = ctrl->chol.tau;
-    c = 1.0 / (ctrl->chol.threshold + tau);
-  }
-  const Analysis an = analyze(a, b, m, invariant, mode, c, asc);
+  double c = 0.0;
+  if (si) c = 1.0 / (ctrl->chol[q].threshold + ctrl->chol[q].tau);
+  const Analysis an = analyze(a, b, m, invariant, mode, c, p.rtol, asc);
   const Tri tri = tri_setup(a, b, m, small);
-  const double eps64 = Eps<double>::value;
-  // The reported bounds never go below the rounding level of the Lanczos process,
-  // ~ sqrt(m) eps ||T|| (also when the Krylov space is invariant: its Ritz values are exact
-  // only for the computed operator). It matters where ||T|| >> |theta|: the bottom of an
-  // ill-conditioned S, or shift-and-invert with a null space (mapped to 1 / tau).
-  const double floor_abs =
-      sqrt(static_cast<double>(m)) * eps64 * fmax(fabs(tri.lo), fabs(tri.hi)) / tri.s;
-  if (p.phase == 2) {
-    const bool found = an.k >= 0 && an.theta_k > 0.0;
-    if (tid == 0) {
-      ctrl->si_vec = found ? 1 : 0;
-      if (found) {
-        ctrl->lam_min = 1.0 / an.theta_k - tau;
-        ctrl->err_min = si_error(an.theta_k, fmax(an.k_bound, floor_abs), tau);
-        inverse_iteration(tri, an.theta_k, p.svec, p.work);
-      }
-    }
+  if (si) {
+    if (tid == 0) select_shift_invert<T>(p, an, an.k >= 0 && an.theta_k > 0.0, tri);
     return;
   }
-  // Phases 0 and 1.
+  // Phases 0 and 1. The final top pair is at least as close to lam_max (interlacing) but
+  // may have a larger residual than the one accepted at step top_step: keep the accepted
+  // one unless the final bound is no larger or the top Ritz value has since risen past the
+  // accepted bound (then that one had settled on a lower eigenvalue).
+  Analysis top_an = an;
+  int m_top = m;
+  if (res.top_step > 0 && res.top_step < m) {
+    const Analysis acc = analyze(a, b, res.top_step, false, kModeTop, 0.0, 0.0, asc);
+    if (!(an.top_bound <= acc.top_bound || an.top - acc.top > acc.top_bound)) {
+      top_an = acc;
+      m_top = res.top_step;
+    }
+  }
+  const Tri tri_top = tri_setup(a, b, m_top, small);
   if (tid == 0) {
-    const double top = an.top, bottom = an.bottom;
-    const double top_err = relative_bound(fmax(an.top_bound, floor_abs), top);
-    const double bottom_err = relative_bound(fmax(an.bottom_bound, floor_abs), bottom);
+    const double top = top_an.top, bottom = an.bottom;
     int status = 0;
     ctrl->lam_max = top;
-    ctrl->err_max = top_err;
+    ctrl->err_max = policy::relative(top_an.top_bound, top);
+    ctrl->lam_range = bottom;
     if (!sym_stats_ok<T>(&ctrl->sym)) {
       status = kStInvalid;
-    } else if (bottom < -sqrt(Eps<T>::value) * fabs(top)) {
+    } else if (policy::proves_indefinite(an.lowest, top, Eps<T>::value)) {
       // Ritz values bound the spectrum from inside: a clearly negative one proves S indefinite.
       status = kStIndefinite;
     } else if (!(top > 0.0)) {
       status = kStZero;
     } else if (p.phase == 1) {
       const bool accepted = invariant || (res.bottom_ok && an.bottom_bound <= p.tol * bottom);
-      if (bottom > p.rtol * top && top * eps64 * kRoundingSlack <= p.tol * bottom && accepted) {
+      if (an.bottom_index < m && bottom > p.rtol * top &&
+          !policy::too_ill_conditioned_for_plain(top, bottom, Eps<double>::value, p.tol) &&
+          accepted) {
         status = kStBottomPlain;
         ctrl->lam_min = bottom;
-        ctrl->err_min = bottom_err;
+        ctrl->err_min = policy::relative(an.bottom_bound, bottom);
       } else {
-        ctrl->chol.run = 1;
-        ctrl->chol.tau0 = fmax(p.rtol, 8.0 * p.d * eps64) * top;
-        ctrl->chol.threshold = p.rtol * top;
+        CholState& st = ctrl->chol[0];
+        st.run = 1;
+        st.tau0 = policy::cholesky_shift(p.rtol, p.d, top);
+        st.max_tau = policy::max_cholesky_shift(st.tau0, top, Eps<T>::value);
+        st.threshold = p.rtol * top;
       }
     }
     ctrl->status = status;
-    inverse_iteration(tri, top, p.svec, p.work);
+    inverse_iteration(tri_top, top, p.svec, p.work);
+    for (int i = m_top; i < m; ++i) p.svec[i] = 0.0;  // y = V s over the first m_top vectors
   }
   if (p.phase == 1 && tid == kWarp)
     inverse_iteration(tri, an.bottom, p.svec + p.steps, p.work + 5 * p.steps);
@@ -289,7 +340,8 @@ struct FinalParams {
   T* u_min;
   T* u_max;
   double* err;
-  double* ubot;  // (d,) phase 1: unit bottom Ritz vector (start of shift-and-invert)
+  double* ubot;    // (d,) phase 1: unit bottom Ritz vector (start of shift-and-invert)
+  double* ustart;  // (d,) phase 2: start of the null-space retry (its vector, else ubot)
 };
 
 // Writes sign * y / ||y|| (or NaN) to u; norm and first largest-|y_i| index by block
@@ -348,7 +400,8 @@ __device__ void write_unit(const double* y, int d, bool nan, T* u, double* u64, 
 template <typename T>
 __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> p) {
   EighCtrl* ctrl = p.ctrl;
-  if (p.phase == 2 && ctrl->chol.run == 0) return;
+  if (p.phase >= 2 && ctrl->chol[p.phase - 2].run == 0) return;  // uniform
+  if (p.phase == 3 && ctrl->si_vec[1] == 0) return;               // phase 2's answer stands
   __shared__ double red[32];
   __shared__ int ired[32];
   const int slot = blockIdx.x, tid = threadIdx.x;
@@ -357,11 +410,14 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> 
   const bool zero = status & kStZero, plain = status & kStBottomPlain;
   const double* y = p.y + static_cast<int64_t>(slot) * p.d;
   const double nan64 = quiet_nan<double>();
-  if (p.phase == 2) {
-    const bool ok = ctrl->si_vec != 0;
-    write_unit<T>(y, p.d, !ok, p.u_min, nullptr, red, ired);
+  const double scale = ctrl->scale;
+  if (p.phase >= 2) {
+    const bool ok = p.phase == 3 || ctrl->si_vec[0] != 0;
+    write_unit<T>(y, p.d, !ok, p.u_min, ok && p.phase == 2 ? p.ustart : nullptr, red, ired);
+    if (!ok)
+      for (int k = tid; k < p.d; k += blockDim.x) p.ustart[k] = p.ubot[k];
     if (tid == 0) {
-      *p.lam_min = ok ? static_cast<T>(ctrl->lam_min) : quiet_nan<T>();
+      *p.lam_min = ok ? static_cast<T>(ctrl->lam_min * scale) : quiet_nan<T>();
       *p.err = ok ? fmax(ctrl->err_max, ctrl->err_min) : nan64;
     }
     return;
@@ -371,7 +427,7 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> 
     write_unit<T>(y, p.d, bad, p.u_max, nullptr, red, ired);
     if (zero && p.phase == 1) write_unit<T>(y, p.d, false, p.u_min, nullptr, red, ired);
     if (tid == 0) {
-      *p.lam_max = bad ? quiet_nan<T>() : zero ? T(0) : static_cast<T>(ctrl->lam_max);
+      *p.lam_max = bad ? quiet_nan<T>() : zero ? T(0) : static_cast<T>(ctrl->lam_max * scale);
       if (zero && p.phase == 1) *p.lam_min = T(0);
       double e = ctrl->err_max;
       if (bad)
@@ -388,7 +444,8 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> 
   const bool write_min = invalid || indefinite || plain;
   write_unit<T>(y, p.d, invalid || indefinite, write_min ? p.u_min : nullptr, p.ubot, red, ired);
   if (tid == 0 && write_min)
-    *p.lam_min = plain && !invalid && !indefinite ? static_cast<T>(ctrl->lam_min) : quiet_nan<T>();
+    *p.lam_min =
+        plain && !invalid && !indefinite ? static_cast<T>(ctrl->lam_min * scale) : quiet_nan<T>();
 }
 
 // ----------------------------------------------------------------------------- driver
@@ -442,12 +499,14 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
   double* work = at_offset<double>(ws, P.off_work);
   double* y = at_offset<double>(ws, P.off_y);
   double* ubot = at_offset<double>(ws, P.off_ubot);
+  double* ustart = at_offset<double>(ws, P.off_ustart);
   const int d = P.d;
   const T* v0_min = static_cast<const T*>(args.v0_min);
   const T* v0_max = static_cast<const T*>(args.v0_max);
 
   CONDNUM_CUDA_TRY(cudaMemsetAsync(ctrl, 0, sizeof(EighCtrl), stream));
   CONDNUM_CUDA_TRY(launch_symmetrize<T>(static_cast<const T*>(args.S), W, d, &ctrl->sym, stream));
+  CONDNUM_CUDA_TRY(launch_range_scale<T>(W, d, &ctrl->sym, &ctrl->scale, stream));
 
   // Step 2: Lanczos on W.
   const int phase = top_only ? 0 : 1;
@@ -482,35 +541,42 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
                     static_cast<T*>(args.u_min),
                     static_cast<T*>(args.u_max),
                     args.err,
-                    ubot};
+                    ubot,
+                    ustart};
   finalize_kernel<T><<<nslots, kFinalThreads, 0, stream>>>(fp);
   CONDNUM_CUDA_CHECK_LAUNCH();
   if (top_only) return cudaSuccess;
 
-  // Step 4: shift-and-invert (every kernel returns at once unless step 3 asked for it).
-  CholParams<T> cp{W,
-                   d,
-                   P.dp,
-                   P.nt,
-                   at_offset<double>(ws, P.off_A),
-                   at_offset<double>(ws, P.off_B),
-                   &ctrl->chol,
-                   &ctrl->si_run};
-  CONDNUM_CUDA_TRY(
-      launch_cooperative(cholesky_inverse_kernel<T>, P.nbc, kCholThreads, 0, stream, cp));
-  CONDNUM_CUDA_TRY(launch_lanczos<T, 1>(P, ws, P.nb2, P.chunk2, P.smem2, kModeShiftInvert, nullptr,
-                                        v0_min, ubot, 1, &ctrl->lz[1], &ctrl->si_run,
-                                        &ctrl->chol.tau, args.tol, args.rtol, stream));
-  sp.phase = 2;
-  select_kernel<T><<<1, kSelectThreads, sel_smem, stream>>>(sp);
-  CONDNUM_CUDA_CHECK_LAUNCH();
-  RitzParams rp2{
-      at_offset<const double>(ws, P.off_V), svec, &ctrl->lz[1], &ctrl->si_vec, y, d, P.steps};
-  ritz_kernel<<<dim3(ceil_div(d, 32), 1), dim3(32, 8), 0, stream>>>(rp2);
-  CONDNUM_CUDA_CHECK_LAUNCH();
-  fp.phase = 2;
-  finalize_kernel<T><<<1, kFinalThreads, 0, stream>>>(fp);
-  CONDNUM_CUDA_CHECK_LAUNCH();
+  // Steps 4 and 5: shift-and-invert, then its null-space retry (every kernel returns at once
+  // unless the previous select asked for it). Run q starts from v0_min or the step-2 bottom
+  // vector (q = 0), or from run 0's vector (q = 1).
+  for (int q = 0; q < kSiRuns; ++q) {
+    CholParams<T> cp{W,
+                     d,
+                     P.dp,
+                     P.nt,
+                     at_offset<double>(ws, P.off_A),
+                     at_offset<double>(ws, P.off_B),
+                     &ctrl->chol[q],
+                     &ctrl->si_run[q]};
+    CONDNUM_CUDA_TRY(
+        launch_cooperative(cholesky_inverse_kernel<T>, P.nbc, kCholThreads, 0, stream, cp));
+    CONDNUM_CUDA_TRY(launch_lanczos<T, 1>(P, ws, P.nb2, P.chunk2, P.smem2, kModeShiftInvert,
+                                          nullptr, q == 0 ? v0_min : nullptr,
+                                          q == 0 ? ubot : ustart, 1, &ctrl->lz[1 + q],
+                                          &ctrl->si_run[q], &ctrl->chol[q].tau, args.tol,
+                                          args.rtol, stream));
+    sp.phase = 2 + q;
+    select_kernel<T><<<1, kSelectThreads, sel_smem, stream>>>(sp);
+    CONDNUM_CUDA_CHECK_LAUNCH();
+    RitzParams rp2{at_offset<const double>(ws, P.off_V), svec, &ctrl->lz[1 + q], &ctrl->si_vec[q],
+                   y, d, P.steps};
+    ritz_kernel<<<dim3(ceil_div(d, 32), 1), dim3(32, 8), 0, stream>>>(rp2);
+    CONDNUM_CUDA_CHECK_LAUNCH();
+    fp.phase = 2 + q;
+    finalize_kernel<T><<<1, kFinalThreads, 0, stream>>>(fp);
+    CONDNUM_CUDA_CHECK_LAUNCH();
+  }
   return cudaSuccess;
 }
 

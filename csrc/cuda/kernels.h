@@ -8,8 +8,10 @@
 //   - work is queued on `stream`; nothing synchronises the device or reads a value back
 //     to the host, so every op can be captured in a CUDA graph;
 //   - value-dependent failures that the CPU kernels raise as errors (NaN/Inf input, a
-//     non-symmetric or indefinite S, R_ill = +inf) cannot be raised without a host sync:
-//     the outputs are NaN (or +inf for R_ill) instead, as documented per launcher;
+//     non-symmetric or indefinite S) cannot be raised without a host sync: the outputs
+//     are NaN instead, as documented per launcher;
+//   - the solver policy (tolerances, stopping rules, shifts, floors) is the CPU kernels',
+//     from csrc/solver_policy.h;
 //   - the return value is the first CUDA error met while queueing the work.
 #pragma once
 
@@ -51,7 +53,8 @@ cudaError_t covariance(Dtype dt, const void* theta, const void* K, int64_t D, in
 // the larger relative error bound of the two eigenvalues. v0_min / v0_max (d,) warm starts
 // in S's dtype, or nullptr (a zero or non-finite warm start is ignored).
 // Outputs are NaN when S is not finite or not symmetric (all four), when S is indefinite
-// or the bottom end cannot be found (lam_min and u_min).
+// (a Ritz value below -sqrt(eps) lam_max, or no Cholesky shift up to sqrt(eps) lam_max
+// works) or the bottom end cannot be found (lam_min and u_min).
 struct EighArgs {
   Dtype dtype;
   const void* S;
@@ -78,18 +81,21 @@ cudaError_t top_eigh(const EighArgs& args, void* workspace, size_t workspace_byt
 
 // ----------------------------------------------------------------------------- regularizers.cu
 // Forward values, written to the 0-dim `out` (dtype of S), computed in float64 on the
-// device from ||S||_F^2 (float64 accumulation) and the 0-dim lam (dtype of S):
-//   r_ill  = 1 / D, D = ||S||_F^2 / (2k) - lam_min^2 / 2   (+inf when D <= 64 eps ||S||_F^2/(2k))
+// device from ||S||_F^2 (float64 accumulation, rescaled by a power of two when its squares
+// would leave float64's range) and the 0-dim lam (dtype of S):
+//   r_ill  = 1 / D, D = max(||S||_F^2 / (2k) - lam_min^2 / 2, kIllFloor eps ||S||_F^2 / (2k))
 //   r_well = lam_max^2 / 2 - ||S||_F^2 / (2k)
+// NaN when S contains NaN or Inf; a value beyond S's dtype is +-inf.
 size_t regularizer_workspace_bytes(int64_t numel);
 cudaError_t r_ill(Dtype dt, const void* S, int64_t d, const void* lam_min, int64_t k, void* out,
                   void* workspace, size_t workspace_bytes, cudaStream_t stream);
 cudaError_t r_well(Dtype dt, const void* S, int64_t d, const void* lam_max, int64_t k, void* out,
                    void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Backward: out (d, d) = c_uu u u^T + c_s S with, for grad g (0-dim, dtype of S),
-//   r_ill:  c = g r^2,  c_uu = c lam_min, c_s = -c / k     (r = the forward value)
-//   r_well:             c_uu = g lam_max, c_s = -g / k
+// Backward: out (d, d) = a (b u u^T + c S) in float64 per entry, rounded once, with, for
+// grad g (0-dim, dtype of S; policy::ill_backward / well_backward),
+//   r_ill:  a = g r, b = r lam_min, c = -r / k   (r = the forward value; zeros when g = 0)
+//   r_well: a = g,   b = lam_max,   c = -1 / k
 cudaError_t r_ill_backward(Dtype dt, const void* grad, const void* S, const void* r,
                            const void* lam_min, const void* u_min, int64_t d, int64_t k, void* out,
                            cudaStream_t stream);

@@ -5,7 +5,8 @@
 // second pass when the first removed more than half of ||w||^2 (DGKS, "twice is enough");
 // alpha_j = h_j (+ the second pass's h_j), beta_j = ||w||, v_{j+1} = w / beta_j. T_m =
 // tridiag(alpha, beta) gives the Ritz pairs (tridiagonal.cuh). Breakdown (beta_j <=
-// 10 sqrt(d) eps scale, or m = d) means the Krylov space is A-invariant: stop, exact pairs.
+// kBreakdown sqrt(d) eps64 scale, or m = d; solver_policy.h) means the Krylov space is
+// A-invariant: stop, exact pairs.
 // Operators A (template OP):
 //   OP = 0: A = W, a dense symmetric (d, d) matrix in S's dtype (float32 or float64);
 //   OP = 1: A = (S + tau I)^{-1} = X^T X with X = L^{-1} (cholesky.cuh): B (ldb >= d) holds
@@ -26,12 +27,15 @@
 // product that stores v_{j+1}.
 // Convergence: every block evaluates the residuals r = beta_m |s[m-1]| of the wanted
 // Ritz values (tridiagonal.cuh, O(m) per value, no eigenvector needed) at steps 3, 4, 5,
-// 6, 8, 10, ... (x1.25), and all stop together with the CPU kernel's rules: a value is
-// accepted when r <= tol |lam| at two consecutive checks; the bottom end gets a
-// ski-rental budget against shift-and-invert (modes below). So the work is a fixed budget
-// of at most min(num_iters, d) steps with a device-side early exit: no host
-// synchronisation. (The CPU checks after every step; checking on a schedule costs up to
-// 25% extra steps but one check costs about one step.)
+// 6, 8, 10, ... (x1.25), and all stop together with the CPU kernel's rules
+// (solver_policy.h): a value is accepted when r <= tol |lam| at two consecutive checks
+// (for the bottom end and shift-and-invert, with the same target index at both); the
+// bottom end is the smallest Ritz value above rtol * lam_max and gets a ski-rental budget
+// against shift-and-invert, its rate measured over at least kRateWindow steps (the nearest
+// earlier check that far back); shift-and-invert's bound has the rounding floor. So the
+// work is a fixed budget of at most min(num_iters, d) steps with a device-side early exit:
+// no host synchronisation. (The CPU checks after every step; checking on a schedule costs
+// up to 25% extra steps but one check costs about one step.)
 // Expected bottleneck: grid-sync latency (~1-2 us each) for d <~ 2048; the matrix-vector
 // product (d^2 reads of S per step, from L2 when S fits) above. To tune on the GPU:
 // threads per block / blocks per grid, the check schedule, vectorised loads.
@@ -40,6 +44,7 @@
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/tridiagonal.cuh"
+#include "solver_policy.h"
 
 namespace condnum::cuda {
 
@@ -48,15 +53,10 @@ namespace cg = cooperative_groups;
 constexpr int kLzThreads = 512;
 constexpr int kLzWarps = kLzThreads / kWarp;
 constexpr int kLzMaxChunk = 1024;  // coordinates per block (shared-memory bound)
-constexpr int kLzFirstCheck = 3;   // first convergence check (a 2x2 T is rarely converged)
 constexpr double kLzCheckGrowth = 1.25;
-// Plain Lanczos is trusted for lam_min only while kappa * eps64 * this stays below tol.
-constexpr double kRoundingSlack = 4.0;
-// After lam_max has converged, plain Lanczos may spend this fraction of the estimated
-// shift-and-invert cost on the bottom end, judged by its bound's decay once at least
-// kRateWindow steps were spent on it (csrc/cpu/extreme_eigh.cpp).
-constexpr double kSkiRental = 0.6;
-constexpr int kRateWindow = 6;
+// Checks of the bottom end remembered for the ski-rental rate: enough to reach back
+// policy::kRateWindow steps (checks are at least one step apart).
+constexpr int kRateHistory = static_cast<int>(policy::kRateWindow) + 2;
 
 enum LanczosMode : int {
   kModeTop = 0,          // top eigenpair of S
@@ -70,6 +70,7 @@ struct LzResult {
   int invariant;  // 1: breakdown, the Ritz pairs are exact
   int top_step;   // step at which lam_max was accepted (0: never)
   int bottom_ok;  // kModeExtreme: stopped because the bottom Ritz value was accepted
+  int si_ok;      // kModeShiftInvert: stopped because the wanted Ritz value was accepted
 };
 
 template <typename T>
@@ -105,10 +106,13 @@ struct LzParams {
 // residuals r = ||A y - theta y|| = b_m |s[m-1]| (some eigenvalue lies within r of theta;
 // ARPACK's test, as the CPU kernels), 0 when the Krylov space is invariant.
 struct Analysis {
-  double top, top_bound;        // theta_{m-1} and its residual
-  double bottom, bottom_bound;  // theta_0 and its residual
+  double top, top_bound;  // theta_{m-1} and its residual
+  double lowest;          // theta_0
+  int bottom_index;       // kModeExtreme: #{theta < rtol top} (m: none above), else 0
+  double bottom, bottom_bound;  // theta_{bottom_index} (when < m) and its residual
   int k;                        // kModeShiftInvert: wanted index (-1: none)
   double theta_k, k_bound;      // its Ritz value and residual
+  double floor;                 // kModeShiftInvert: policy::rounding_floor of T's Ritz values
 };
 
 struct AnalysisScratch {
@@ -119,12 +123,15 @@ struct AnalysisScratch {
 };
 
 // Block-wide. a, b: alpha, beta (b[m - 1] = residual coupling), invariant: exact pairs.
-// Targets: theta_{m-1} and theta_0, or (kModeShiftInvert) theta_k, k = #{theta < si_c} - 1.
+// Targets: theta_{m-1}, theta_0 and (kModeExtreme, rtol > 0) the smallest Ritz value above
+// rtol theta_{m-1}; or (kModeShiftInvert) theta_k, k = #{theta < si_c} - 1, with theta_0
+// and theta_{m-1} for the rounding floor.
 __device__ __noinline__ Analysis analyze(const double* a, const double* b, int m, bool invariant,
-                                         int mode, double si_c, AnalysisScratch sc) {
+                                         int mode, double si_c, double rtol, AnalysisScratch sc) {
   const Tri T = tri_setup(a, b, m, sc.tri.red);
   const int tid = threadIdx.x;
   const double beta_m = invariant ? 0.0 : b[m - 1];
+  const double inv_s = 1.0 / T.s;
   Analysis out{};
   int G;
   if (mode == kModeShiftInvert) {
@@ -132,8 +139,12 @@ __device__ __noinline__ Analysis analyze(const double* a, const double* b, int m
     __syncthreads();
     out.k = sc.ints[0];
     __syncthreads();
-    if (tid == 0) sc.ints[0] = max(out.k, 0);
-    G = 1;
+    if (tid == 0) {
+      sc.ints[0] = max(out.k, 0);
+      sc.ints[1] = 0;
+      sc.ints[2] = m - 1;
+    }
+    G = 3;
   } else {
     out.k = -1;
     if (tid == 0) {
@@ -145,28 +156,46 @@ __device__ __noinline__ Analysis analyze(const double* a, const double* b, int m
   __syncthreads();
   tri_eigenvalues(T, sc.ints, G, sc.vals, sc.tri);
   // Residuals b_m |s_i[m-1]|, one thread (of its own warp) per target.
-  if (tid % kWarp == 0 && tid / kWarp < G)
+  if (tid % kWarp == 0 && tid / kWarp < 2)
     sc.misc[tid / kWarp] = beta_m * sqrt(last_component_sq(T, sc.vals[tid / kWarp]));
   __syncthreads();
-  const double inv_s = 1.0 / T.s;
   if (mode == kModeShiftInvert) {
     out.theta_k = sc.vals[0] * inv_s;
     out.k_bound = sc.misc[0];
-  } else {
-    out.top = sc.vals[0] * inv_s;
-    out.top_bound = sc.misc[0];
-    out.bottom = sc.vals[1] * inv_s;
-    out.bottom_bound = sc.misc[1];
+    out.lowest = sc.vals[1] * inv_s;
+    out.top = sc.vals[2] * inv_s;
+    out.floor = policy::rounding_floor(out.lowest, out.top);
+    __syncthreads();
+    return out;
   }
+  out.top = sc.vals[0] * inv_s;
+  out.top_bound = sc.misc[0];
+  out.lowest = out.bottom = sc.vals[1] * inv_s;
+  out.bottom_bound = sc.misc[1];
+  out.bottom_index = 0;
   __syncthreads();
+  if (mode == kModeExtreme && rtol > 0.0) {
+    // Ritz values below the threshold approximate the null space of a rank-deficient S.
+    if (tid == 0) sc.ints[0] = sturm_count(T, rtol * sc.vals[0]);
+    __syncthreads();
+    const int ib = sc.ints[0];
+    out.bottom_index = ib;
+    if (ib > 0 && ib < m) {
+      tri_eigenvalues(T, sc.ints, 1, sc.vals + 4, sc.tri);
+      if (tid == 0) sc.misc[2] = beta_m * sqrt(last_component_sq(T, sc.vals[4]));
+      __syncthreads();
+      out.bottom = sc.vals[4] * inv_s;
+      out.bottom_bound = sc.misc[2];
+    }
+    __syncthreads();
+  }
   return out;
 }
 
-// Relative error of lam = 1 / theta - tau from the bound of theta (|d lam| = |d theta| / theta^2).
-__device__ inline double si_error(double theta, double bound, double tau) {
-  if (bound == 0.0) return 0.0;
-  const double lam = 1.0 / theta - tau;
-  return bound / (theta * theta) / lam;
+// Relative error bound of lam = 1 / theta - tau (shift-and-invert), with the rounding floor.
+__device__ inline double si_error(const Analysis& an, double tau) {
+  return policy::shift_invert_error(fmax(an.k_bound, an.floor), an.theta_k,
+                                    1.0 / an.theta_k - tau);
 }
 
 // ----------------------------------------------------------------------------- block helpers
@@ -344,25 +373,26 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
   grid.sync();
 
   // ---- steps
+  // The basis arithmetic is float64 for both dtypes: its eps sets the breakdown level and
+  // the rounding of S v that limits plain Lanczos at the bottom end.
   const double eps = Eps<double>::value;
-  const double breakdown = 10.0 * sqrt(static_cast<double>(d)) * eps;
   double si_c = 0.0, tau = 0.0;
   if (OP == 1) {
     tau = p.si[0];
     si_c = 1.0 / (p.si[1] + tau);
   }
   double scale = 0.0, invb = 1.0;
-  int m = 0, next_check = kLzFirstCheck, top_step = 0;
+  int m = 0, next_check = static_cast<int>(policy::kFirstCheck), top_step = 0, check = 0;
   bool invariant = false;
-  // Acceptance (as the CPU kernels): a Ritz value is accepted when its bound meets tol at
-  // two consecutive checks (a start nearly orthogonal to the wanted eigenvector makes
-  // Lanczos settle on a neighbour first); shift-and-invert also needs the number of Ritz
-  // values above the wanted one (mapped below the threshold) to be unchanged.
-  bool top_ok_prev = false, bottom_ok_prev = false, si_ok_prev = false, bottom_accepted = false;
-  int si_above_prev = -1;
-  // Ski-rental for the bottom end: the relative bound of the previous check.
-  double prev_log_rel = 0.0;
-  int prev_rel_step = -1;
+  // Acceptance at two consecutive checks (policy::Acceptance); the bottom end and
+  // shift-and-invert also need the same target index at both.
+  policy::Acceptance top_ok, bottom_ok, si_ok;
+  bool bottom_accepted = false, si_accepted = false;
+  int bottom_index = 0, si_above_prev = -1;
+  // Ski-rental for the bottom end: (step, log relative bound) of its recent checks.
+  int rel_step[kRateHistory];
+  double rel_log[kRateHistory];
+  int n_rel = 0;
   for (int j = 0; j < steps; ++j) {
     const double* xs = j == 0 ? p.V : p.wbuf + static_cast<int64_t>((j - 1) & 1) * d;
     const double xsc = j == 0 ? 1.0 : invb;
@@ -390,7 +420,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
     hh = block_sum(hh, red);
     block_update(p.V, d, c0, nc, h, j + 1, wl, red);
     double b2 = before - hh;  // ||w||^2 after pass 1 (Pythagoras; exact enough when > before/2)
-    if (!(b2 > 0.5 * before)) {
+    if (!(b2 > policy::kSecondPass * before)) {
       // Pass 2 (DGKS): also measures ||w||^2 after pass 1 exactly.
       block_dots(p.V, d, c0, nc, wl, j + 1, P2 + static_cast<int64_t>(bid) * ld);
       grid.sync();
@@ -414,7 +444,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
       }
     }
     m = j + 1;
-    invariant = !(beta > breakdown * scale) || m == d;
+    invariant = isnan(beta) || policy::breakdown(beta, d, eps, scale) || m == d;
     if (invariant || m == steps) break;
     invb = 1.0 / beta;
     double* wout = p.wbuf + static_cast<int64_t>(j & 1) * d;
@@ -428,48 +458,51 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
     next_check = max(m + 1, static_cast<int>(ceil(m * kLzCheckGrowth)));
     // ---- convergence check (every block, identical inputs -> identical decision)
     __syncthreads();
-    const Analysis an = analyze(alpha_s, beta_s, m, false, p.mode, si_c, asc);
+    ++check;
+    const Analysis an = analyze(alpha_s, beta_s, m, false, p.mode, si_c, p.rtol, asc);
     bool stop = false;
     if (p.mode == kModeShiftInvert) {
-      const bool ok = an.k >= 0 && an.theta_k > 0.0 &&
-                      si_error(an.theta_k, an.k_bound, tau) <= p.tol &&
-                      m - 1 - an.k == si_above_prev;
-      stop = ok && si_ok_prev;
-      si_ok_prev = ok;
-      si_above_prev = an.k >= 0 ? m - 1 - an.k : -1;
+      const bool found = an.k >= 0 && an.theta_k > 0.0;
+      const bool same = found && m - 1 - an.k == si_above_prev;
+      si_above_prev = found ? m - 1 - an.k : -1;
+      stop = si_ok(found && same && si_error(an, tau) <= p.tol, check);
+      si_accepted = stop;
     } else {
-      const double top = an.top, bottom = an.bottom;
-      if (top_step == 0) {
-        const bool ok = an.top_bound <= p.tol * fabs(top);
-        if (ok && top_ok_prev) top_step = m;
-        top_ok_prev = ok;
-      }
+      const double top = an.top;
+      if (top_step == 0 && top_ok(an.top_bound <= p.tol * fabs(top), check)) top_step = m;
       if (top_step > 0 && p.mode == kModeTop) stop = true;
       if (top_step > 0 && p.mode == kModeExtreme) {
-        const bool ok = bottom > p.rtol * top && an.bottom_bound <= p.tol * bottom;
-        const bool accepted = ok && bottom_ok_prev;
-        bottom_ok_prev = ok;
-        if (accepted) {
+        const int ib = an.bottom_index;
+        const double bottom = an.bottom;
+        const bool same_target = ib == bottom_index;
+        bottom_index = ib;
+        if (ib >= m || bottom <= p.rtol * top ||
+            policy::too_ill_conditioned_for_plain(top, bottom, eps, p.tol)) {
+          stop = true;  // plain Lanczos cannot deliver it: shift-and-invert takes over
+        } else if (bottom_ok(an.bottom_bound <= p.tol * bottom && same_target, check)) {
           stop = true;  // the bottom converged in the same Krylov space
           bottom_accepted = true;
-        } else if (bottom <= p.rtol * top || top * eps * kRoundingSlack > p.tol * bottom) {
-          stop = true;  // plain Lanczos cannot deliver it: shift-and-invert takes over
         } else {
-          // Ski-rental: spend at most kSkiRental of the shift-and-invert cost on the bottom
-          // alone, and stop earlier when the decay of its relative bound since the previous
-          // check predicts it will not converge in time (CPU: over kRateWindow steps).
+          // Ski-rental against shift-and-invert, the rate measured from the nearest earlier
+          // check at least kRateWindow steps back.
           const int extra = m - top_step;
-          const double allowance = kSkiRental * p.si_cost - extra;
-          const double log_rel = log(fmax(an.bottom_bound, 1e-300) / bottom);
-          if (allowance <= 0) {
-            stop = true;
-          } else if (prev_rel_step >= 0 && extra >= kRateWindow) {
-            const double rate = (prev_log_rel - log_rel) / (m - prev_rel_step);
-            const double needed = (log_rel - log(p.tol)) / fmax(rate, 1e-3);
-            if (needed > 2 * allowance || m + needed > steps) stop = true;
+          const double log_rel = policy::log_relative_bound(an.bottom_bound, bottom);
+          int back = 0;
+          double log_back = log_rel;
+          const int oldest = max(0, n_rel - kRateHistory);
+          for (int q = n_rel - 1; extra >= policy::kRateWindow && q >= oldest; --q) {
+            const int at = q % kRateHistory;
+            if (m - rel_step[at] >= policy::kRateWindow) {
+              back = m - rel_step[at];
+              log_back = rel_log[at];
+              break;
+            }
           }
-          prev_log_rel = log_rel;
-          prev_rel_step = m;
+          stop = policy::ski_rental_gives_up(extra, p.si_cost, log_rel, log_back, back, p.tol, m,
+                                             steps);
+          rel_step[n_rel % kRateHistory] = m;
+          rel_log[n_rel % kRateHistory] = log_rel;
+          ++n_rel;
         }
       }
     }
@@ -480,6 +513,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
     p.res->invariant = invariant ? 1 : 0;
     p.res->top_step = top_step;
     p.res->bottom_ok = bottom_accepted ? 1 : 0;
+    p.res->si_ok = si_accepted ? 1 : 0;
   }
 }
 

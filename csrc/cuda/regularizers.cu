@@ -7,18 +7,24 @@
 // lam and u are treated as functions of S (d lam = u^T dS u): no eigendecomposition is
 // differentiated (same semantics as csrc/cpu/regularizers.cpp).
 //
-// Forward (two launches, deterministic, no host sync): ||S||_F^2 by a grid-stride
-// float64 reduction into one partial per block, then one block sums the partials in a
-// fixed order and evaluates the formula in float64 from the device scalars (D floored at
-// 64 eps ||S||_F^2 / (2k), as on the CPU); NaN input gives NaN.
-// Backward: one fused elementwise pass out[i][j] = (c_uu u_i) u_j + c_s S[i][j], with the
-// coefficients computed per thread in float64 from the device scalars (grad, r, lam) and
-// rounded to S's dtype, as on the CPU. Grid: (ceil(d / 256), rows); coalesced along j.
-// Bottleneck: memory bandwidth (one read of S forward; one read + one write backward).
+// Forward (three launches, deterministic, no host sync): ||S||_F^2 and max|S| by a
+// grid-stride float64 reduction into one partial each per block; when the sum overflowed or
+// its squares underflowed (policy::norm_needs_rescaling), a second pass sums the squares of
+// S / 2^e, 2^e = policy::power_of_two_above(max|S|) (every block of that pass decides from
+// the same partials; otherwise it returns at once); then one block sums the partials in a
+// fixed order and evaluates the formula in float64 in units of 2^(2e), scaled back last (as
+// the CPU: D floored by policy::ill_denominator). NaN or Inf in S gives NaN (the CPU raises).
+// Backward: one fused elementwise pass out[i][j] = a (b u_i u_j + c S[i][j]) with the
+// coefficients (policy::ill_backward / well_backward) and the product in float64, rounded
+// once to S's dtype, as on the CPU; a zero grad gives zeros for R_ill even where R = +inf.
+// Grid: (ceil(d / 256), rows); coalesced along j.
+// Bottleneck: memory bandwidth (one read of S forward, two for an out-of-range S; one read
+// + one write backward).
 #include <algorithm>
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "solver_policy.h"
 
 namespace condnum::cuda {
 namespace {
@@ -32,38 +38,96 @@ int partial_blocks(int64_t numel) {
       1, std::min<int64_t>(kMaxPartials, (numel + kElemsPerBlock - 1) / kElemsPerBlock)));
 }
 
+// Partials of sum_i (S_i a b)^2 into sum[blockIdx.x], and of max|S_i| into max[blockIdx.x]
+// (when max != nullptr). The scaling is split in two factors: 2^-e alone overflows for a
+// subnormal max|S|.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    sumsq_kernel(const T* __restrict__ S, int64_t n, double* __restrict__ partial) {
+__device__ void sum_squares(const T* __restrict__ S, int64_t n, double a, double b, double* sum,
+                            double* max) {
   __shared__ double red[32];
-  double acc = 0.0;
+  double acc = 0.0, big = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double v = static_cast<double>(S[i]);
-    acc = fma(v, v, acc);
+    const double x = v * a * b;
+    acc = fma(x, x, acc);
+    big = fmax(big, fabs(v));
   }
   acc = block_sum(acc, red);
-  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+  if (max != nullptr) big = block_max(big, red);
+  if (threadIdx.x == 0) {
+    sum[blockIdx.x] = acc;
+    if (max != nullptr) max[blockIdx.x] = big;
+  }
+}
+
+// Sum (or max) of the partials, in a fixed order: the same in every block.
+__device__ double reduce_partials(const double* partial, int nparts, bool is_max) {
+  __shared__ double red[32];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < nparts; i += blockDim.x)
+    acc = is_max ? fmax(acc, partial[i]) : acc + partial[i];
+  return is_max ? block_max(acc, red) : block_sum(acc, red);
+}
+
+// ||S||_F^2 = scale^2 * sum, as csrc/cpu/checks.cpp's squared_norm; finite = false for
+// NaN or Inf in S.
+struct SquaredNorm {
+  double scale, sum;
+  bool finite;
+};
+
+// Workspace: partial sums, partial maxima, partial rescaled sums (nparts each).
+__device__ SquaredNorm squared_norm(const double* ws, int nparts) {
+  SquaredNorm out{1.0, reduce_partials(ws, nparts, false), true};
+  if (policy::norm_needs_rescaling(out.sum)) {
+    const double m = reduce_partials(ws + nparts, nparts, true);
+    out.finite = isfinite(m) && !isnan(out.sum);
+    if (out.finite && m > 0) {
+      int e = 0;
+      out.scale = policy::power_of_two_above(m, &e);
+      out.sum = reduce_partials(ws + 2 * nparts, nparts, false);
+    }
+  }
+  return out;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    sumsq_kernel(const T* __restrict__ S, int64_t n, double* __restrict__ ws) {
+  sum_squares(S, n, 1.0, 1.0, ws, ws + gridDim.x);
+}
+
+// The rescaled pass: returns at once (every block alike) unless the first sum needs it.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    rescaled_sumsq_kernel(const T* __restrict__ S, int64_t n, double* __restrict__ ws) {
+  const int nparts = gridDim.x;
+  if (!policy::norm_needs_rescaling(reduce_partials(ws, nparts, false))) return;
+  const double m = reduce_partials(ws + nparts, nparts, true);
+  if (!(isfinite(m) && m > 0)) return;
+  int e = 0;
+  policy::power_of_two_above(m, &e);
+  sum_squares(S, n, ldexp(1.0, -e / 2), ldexp(1.0, -(e - e / 2)), ws + 2 * nparts, nullptr);
 }
 
 template <typename T, bool kIll>
 __global__ void __launch_bounds__(kThreads)
-    finish_kernel(const double* __restrict__ partial, int nparts, const T* __restrict__ lam,
-                  int64_t k, T* __restrict__ out) {
-  __shared__ double red[32];
-  double acc = 0.0;
-  for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += partial[i];
-  const double sq = block_sum(acc, red);  // ||S||_F^2
+    finish_kernel(const double* __restrict__ ws, int nparts, const T* __restrict__ lam, int64_t k,
+                  T* __restrict__ out) {
+  const SquaredNorm n = squared_norm(ws, nparts);
   if (threadIdx.x != 0) return;
-  const double half_mean_sq = sq / (2.0 * static_cast<double>(k));
-  const double l = static_cast<double>(*lam);
+  if (!n.finite) {
+    *out = quiet_nan<T>();
+    return;
+  }
+  const double l = static_cast<double>(*lam) / n.scale;
+  const double half_mean_sq = n.sum / (2.0 * static_cast<double>(k));
   double r;
   if (kIll) {
-    // D floored at the rounding level of ||S||_F^2 / (2k), as on the CPU.
-    const double D = half_mean_sq - 0.5 * l * l;
-    r = isnan(D) ? D : 1.0 / fmax(D, 64.0 * Eps<T>::value * half_mean_sq);
+    r = 1.0 / policy::ill_denominator(half_mean_sq, l, Eps<T>::value) / n.scale / n.scale;
   } else {
-    r = 0.5 * l * l - half_mean_sq;
+    r = (0.5 * l * l - half_mean_sq) * n.scale * n.scale;
   }
   *out = static_cast<T>(r);
 }
@@ -73,9 +137,12 @@ cudaError_t forward_impl(const void* S, int64_t d, const void* lam, int64_t k, v
                          size_t ws_bytes, cudaStream_t stream) {
   const int64_t n = d * d;
   const int blocks = partial_blocks(n);
-  if (ws == nullptr || ws_bytes < blocks * sizeof(double)) return cudaErrorInvalidValue;
+  if (ws == nullptr || ws_bytes < 3 * blocks * sizeof(double)) return cudaErrorInvalidValue;
   double* partial = static_cast<double*>(ws);
-  sumsq_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(S), n, partial);
+  const T* s = static_cast<const T*>(S);
+  sumsq_kernel<T><<<blocks, kThreads, 0, stream>>>(s, n, partial);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  rescaled_sumsq_kernel<T><<<blocks, kThreads, 0, stream>>>(s, n, partial);
   CONDNUM_CUDA_CHECK_LAUNCH();
   finish_kernel<T, kIll><<<1, kThreads, 0, stream>>>(partial, blocks, static_cast<const T*>(lam), k,
                                                      static_cast<T*>(out));
@@ -88,19 +155,21 @@ __global__ void __launch_bounds__(kThreads)
     backward_kernel(const T* __restrict__ grad, const T* __restrict__ S, const T* __restrict__ r,
                     const T* __restrict__ lam, const T* __restrict__ u, int64_t d, int64_t k,
                     T* __restrict__ out) {
-  double g = static_cast<double>(*grad);
-  if (kIll && g != 0) {  // a zero grad stays zero even where R = +inf (S = 0), as on the CPU
-    const double rv = static_cast<double>(*r);
-    g = g * rv * rv;
-  }
-  const T a = static_cast<T>(g * static_cast<double>(*lam));
-  const T c = static_cast<T>(-g / static_cast<double>(k));
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= d) return;
-  const T uj = u[j];
+  const double g = static_cast<double>(*grad);
+  if (kIll && g == 0) {  // no push, not NaN, even where R = +inf (S = 0), as on the CPU
+    for (int64_t i = blockIdx.y; i < d; i += gridDim.y) out[i * d + j] = T(0);
+    return;
+  }
+  const double l = static_cast<double>(*lam);
+  const policy::RankOnePlusScaled c = kIll ? policy::ill_backward(g, static_cast<double>(*r), l, k)
+                                           : policy::well_backward(g, l, k);
+  const double uj = static_cast<double>(u[j]);
   for (int64_t i = blockIdx.y; i < d; i += gridDim.y) {
-    const T ai = a * u[i];
-    out[i * d + j] = ai * uj + c * S[i * d + j];
+    const double bi = c.b * static_cast<double>(u[i]);
+    out[i * d + j] = static_cast<T>(
+        policy::rank_one_plus_scaled(c, bi, uj, static_cast<double>(S[i * d + j])));
   }
 }
 
@@ -118,7 +187,7 @@ cudaError_t backward_impl(const void* grad, const void* S, const void* r, const 
 }  // namespace
 
 size_t regularizer_workspace_bytes(int64_t numel) {
-  return align_up(partial_blocks(numel) * sizeof(double));
+  return align_up(3 * partial_blocks(numel) * sizeof(double));
 }
 
 cudaError_t r_ill(Dtype dt, const void* S, int64_t d, const void* lam_min, int64_t k, void* out,

@@ -10,7 +10,10 @@
 // (a + b) / 2 computed in float64, as on the CPU, so W is exactly symmetric.
 #pragma once
 
+#include <algorithm>
+
 #include "cuda/common.cuh"
+#include "solver_policy.h"
 
 namespace condnum::cuda {
 
@@ -21,16 +24,15 @@ struct SymStats {
   int pad_;
 };
 
-template <typename T>
-__host__ __device__ constexpr double symmetry_rtol() {
-  return sizeof(T) == 4 ? 3.5e-4 : 1.5e-8;  // sqrt(eps), as csrc/cpu/checks.h
+__device__ __forceinline__ double sym_max_abs(const SymStats* st) {
+  return __longlong_as_double(static_cast<long long>(st->max_abs_bits));
 }
 
 template <typename T>
 __device__ __forceinline__ bool sym_stats_ok(const SymStats* st) {
-  const double max_abs = __longlong_as_double(static_cast<long long>(st->max_abs_bits));
   const double max_asym = __longlong_as_double(static_cast<long long>(st->max_asym_bits));
-  return st->nonfinite == 0 && max_asym <= symmetry_rtol<T>() * max_abs;
+  return st->nonfinite == 0 &&
+         max_asym <= policy::symmetry_rtol(sizeof(T) == 4) * sym_max_abs(st);
 }
 
 template <typename T>
@@ -72,6 +74,29 @@ __global__ void __launch_bounds__(256)
     if (blk_asym > 0) atomic_max_nonneg(&stats->max_asym_bits, blk_asym);
     if (blk_bad) atomicOr(&stats->nonfinite, 1);
   }
+}
+
+// W /= p in place, p = policy::range_scale(max|S|) (a power of two, exact), written to
+// *scale by block 0; every block derives p from the same stats. Grid-stride over W.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    range_scale_kernel(T* __restrict__ W, int64_t n, const SymStats* stats, double* scale) {
+  const double p = policy::range_scale(sym_max_abs(stats), sizeof(T) == 4);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale = p;
+  if (p == 1.0) return;
+  // A division (1 / p may overflow for a subnormal max|S|), rounded once to T: the CPU's W / p.
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    W[i] = static_cast<T>(static_cast<double>(W[i]) / p);
+}
+
+template <typename T>
+cudaError_t launch_range_scale(T* W, int64_t d, const SymStats* stats, double* scale,
+                               cudaStream_t stream) {
+  const int blocks = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(1, d * d / 2048)));
+  range_scale_kernel<T><<<blocks, 256, 0, stream>>>(W, d * d, stats, scale);
+  CONDNUM_CUDA_CHECK_LAUNCH();
+  return cudaSuccess;
 }
 
 template <typename T>

@@ -24,11 +24,12 @@
 //     (T - x I)^{-1} = sum_i s_i[m-1]^2 / (theta_i - x)), one pass with derivatives: the
 //     Ritz residual without computing the eigenvector;
 //   - inverse_iteration (one thread): the eigenvector for theta by LU with partial pivoting
-//     of T - theta I (LAPACK dgttrf/dgtts2) and 3 solves from a fixed pseudo-random start,
-//     as csrc/cpu/lanczos.cpp.
+//     of T - theta I (LAPACK dgttrf/dgtts2) and policy::kInverseIterations solves from
+//     policy::inverse_iteration_start, as csrc/cpu/lanczos.cpp.
 #pragma once
 
 #include "cuda/common.cuh"
+#include "solver_policy.h"
 #include "tridiagonal_lu.h"
 
 namespace condnum::cuda {
@@ -224,9 +225,8 @@ __device__ inline void inverse_iteration(const Tri& T, double theta, double* s, 
     if (i + 1 < m) dl[i] = du[i] = sc * T.b[i];
   }
   tridiagonal_lu(m, dd, dl, du, du2, piv, 4.0 * Eps<double>::value);  // s T has norm ~1
-  for (int i = 0; i < m; ++i)
-    s[i] = 0.5 + 0.5 * fabs(splitmix_unit(static_cast<uint64_t>(i) + 7919));
-  for (int it = 0; it < 3; ++it) {
+  policy::inverse_iteration_start(m, s);
+  for (int it = 0; it < policy::kInverseIterations; ++it) {
     tridiagonal_lu_solve(m, dd, dl, du, du2, piv, s);
     double big = 0.0;
     for (int i = 0; i < m; ++i) big = fmax(big, fabs(s[i]));
@@ -239,13 +239,6 @@ __device__ inline void inverse_iteration(const Tri& T, double theta, double* s, 
     nrm = sqrt(nrm);
     for (int i = 0; i < m; ++i) s[i] /= nrm;
   }
-}
-
-// |bound| / |value| (0 for a zero bound, e.g. an invariant Krylov space; inf for a zero
-// value with a nonzero bound), as csrc/cpu/extreme_eigh.cpp's relative().
-__device__ inline double relative_bound(double bound, double value) {
-  if (bound == 0.0) return 0.0;
-  return value != 0.0 ? bound / fabs(value) : dbl_inf();
 }
 
 }  // namespace condnum::cuda
