@@ -115,6 +115,17 @@ def sample_sizes(args: argparse.Namespace, d: int) -> list[int]:
     return sorted({n or 2 * d for n in Ns})
 
 
+def feature_cases(
+    args: argparse.Namespace, ds: Sequence[int], kind: str, kappa: float, device: torch.device
+):
+    """(d, N, dtype, Z) for each size, sample count (``--N``) and dtype asked for, with
+    features Z from ``features(kind, N, d, kappa, dtype, device)``."""
+    for d in ds:
+        for N in sample_sizes(args, d):
+            for dtype in dtypes(args):
+                yield d, N, dtype, features(kind, N, d, kappa, dtype, device)
+
+
 # --------------------------------------------------------------------------- environment
 
 

@@ -5,6 +5,11 @@ S, where lam_min is taken over the numerical range (eigenvalues above rtol * lam
 rtol = d * eps(dtype), the library default). Errors are relative to float64
 torch.linalg.eigvalsh of the same matrix; times are medians (torch.utils.benchmark) and
 `speedup` is eigvalsh's time over the method's, in the same run, dtype and device.
+On the CPU, the `ours` rows also give the cost of one solver step over the same work
+through torch's BLAS/LAPACK, measured in the same run (bench/_steps.py): `lz_step` for a
+Lanczos step on S (product plus reorthogonalisation), `si_step` for a shift-and-invert
+step (two triangular solves plus reorthogonalisation); `-` where the solve took no such
+step.
 
 Methods:
   ours       extreme_eigh cold (fixed pseudo-random start);
@@ -29,6 +34,7 @@ import math
 import warnings
 
 import _harness as H
+import _steps
 import torch
 
 from condnum import functional as F
@@ -103,6 +109,14 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     return out
 
 
+def step_columns(steps: dict[str, dict[str, float]]) -> dict[str, float]:
+    """lz_step / si_step: our step time over torch's for the same work (nan: no such step)."""
+    return {
+        col: steps[kind]["ratio"] if kind in steps else math.nan
+        for col, kind in (("lz_step", "lanczos"), ("si_step", "shift_invert"))
+    }
+
+
 def main() -> None:
     p = H.parser(__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
@@ -139,6 +153,8 @@ def main() -> None:
             "err_min",
             "err_max",
             "bar",
+            "lz_step",
+            "si_step",
         ],
         env,
         key=["d", "dtype", "spectrum", "kappa", "method"],
@@ -153,6 +169,9 @@ def main() -> None:
                 ref_min, ref_max = reference.float64_extremes(S, rtol)
                 tol = BAR_TOL[dtype] if args.tol == "bar" else None
                 base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023
+                steps = {}
+                if "ours" in args.methods and device.type == "cpu":
+                    steps = _steps.step_costs(S, rtol, tol)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # unconverged solvers report via err
                     for name, (fn, extract) in runners(S, rtol, tol, args.methods).items():
@@ -174,6 +193,7 @@ def main() -> None:
                             err_min=e_min,
                             err_max=e_max,
                             bar="met" if ok else "-",
+                            **(step_columns(steps) if name == "ours" else {}),
                         )
     table.save(args.name)
 

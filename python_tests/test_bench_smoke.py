@@ -28,6 +28,11 @@ SCRIPTS = [
         ["N", "d", "method", "ms", "speedup", "value_err", "grad_err"],
     ),
     ("bench_vit_scale.py", [], ["d", "N", "block_ms", "ours_ms", "ours_frac", "reference_ms"]),
+    (
+        "bench_training_loop.py",
+        ["--dtype", "float32"],
+        ["N", "d", "dtype", "steps", "ours_s", "reference_s", "speedup", "loss_err"],
+    ),
 ]
 
 
@@ -50,6 +55,8 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
             assert c in row, (c, row)
         if "speedup" in row:
             assert row["speedup"] > 0
+        if script == "bench_eigh.py" and row["method"] == "ours":
+            assert row["lz_step"] > 0  # the step-cost column of the CPU kernel
 
 
 def test_regularizer_parts_table(tmp_path):

@@ -105,11 +105,10 @@ template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
                     double rtol, bool want_bottom, const char* op) {
   const int64_t d = W.size(0);
-  const scalar_t* s = W.const_data_ptr<scalar_t>();
   Lanczos<scalar_t> lz(
       d, num_iters,
-      [s, d](const scalar_t* v, scalar_t* w) { gemv_rows(s, d, d, d, v, w, /*parallel=*/true); },
-      W.options());
+      [&W](const at::Tensor& v, at::Tensor& w) { at::mv_out(w, W, v); },
+      W.options(), "condnum::lanczos_step");
   lz.start(start);
   const double eps = eps_of(W.scalar_type());
   const double si_cost = shift_invert_cost(d, W.scalar_type());
@@ -258,14 +257,24 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   const double threshold = rtol * lam_max;
   const double mu_threshold = 1.0 / (threshold + tau);
   const bool detect_crowding = tau <= 8 * threshold;
-  const double* u = U.const_data_ptr<double>();
   Lanczos<double> lz(
       d, num_iters,
-      [u, d](const double* v, double* w) {
-        std::copy(v, v + d, w);
-        cholesky_solve_upper(u, d, w);
+      [&U, d](const at::Tensor& v, at::Tensor& w) {
+        w.copy_(v);
+#if AT_BUILD_WITH_LAPACK()
+        // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y.
+        double* a = U.mutable_data_ptr<double>();
+        double* x = w.mutable_data_ptr<double>();
+        const int n = static_cast<int>(d);
+        at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, 1, a, n, x, n);
+        at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, 1, a, n, x, n);
+#else
+        auto col = w.unsqueeze(1);
+        at::linalg_solve_triangular_out(col, U.mT(), col, /*upper=*/false);
+        at::linalg_solve_triangular_out(col, U, col, /*upper=*/true);
+#endif
       },
-      start.options());
+      start.options(), "condnum::shift_invert_step");
   lz.start(start);
   auto wanted = [&]() -> int64_t { return lz.count_below(mu_threshold) - 1; };
   // |d lam| = |d theta| / theta^2
@@ -337,24 +346,21 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   at::native::lapackLdlSymmetric<double>('L', n, a, n, ipiv.data(), work.data(),
                                          static_cast<int>(work.size()), &info);
   if (info != 0) return out;  // an eigenvalue equals sigma: keep Cholesky's answer
-  apply = [a, n, &ipiv](const double* v, double* w) {
-    std::copy(v, v + n, w);
+  apply = [a, n, &ipiv](const at::Tensor& v, at::Tensor& w) {
+    w.copy_(v);
     int solve_info = 0;
-    at::native::lapackLdlSolveSymmetric<double>('L', n, 1, a, n, ipiv.data(), w, n, &solve_info);
+    at::native::lapackLdlSolveSymmetric<double>('L', n, 1, a, n, ipiv.data(),
+                                                w.mutable_data_ptr<double>(), n, &solve_info);
   };
 #else
   auto [LD, pivots, info_t] = at::linalg_ldl_factor_ex(shifted64(W, -sigma), /*hermitian=*/true);
   if (info_t.item<int64_t>() != 0) return out;  // an eigenvalue equals sigma
-  auto col = at::empty({d, 1}, start.options());
-  double* c = col.mutable_data_ptr<double>();
-  apply = [&, c, d](const double* v, double* w) {
-    std::copy(v, v + d, c);
-    const auto x = at::linalg_ldl_solve(LD, pivots, col, /*hermitian=*/true);
-    const double* px = x.const_data_ptr<double>();
-    std::copy(px, px + d, w);
+  apply = [&](const at::Tensor& v, at::Tensor& w) {
+    w.copy_(
+        at::linalg_ldl_solve(LD, pivots, v.unsqueeze(1), /*hermitian=*/true).squeeze(1));
   };
 #endif
-  Lanczos<double> lz(d, num_iters, apply, start.options());
+  Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
   auto error = [&](const Ritz& r) {
     const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));

@@ -3,226 +3,31 @@
 #include "solver_policy.h"
 #include "tridiagonal_lu.h"
 
-#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-// Function multi-versioning: the hot loops below are compiled for AVX-512, AVX2 and
-// baseline x86-64 and picked at load time, since the extension is built without -march.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define CONDNUM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CONDNUM_CLONES
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define CONDNUM_INLINE inline __attribute__((always_inline))
-#define CONDNUM_RESTRICT __restrict__
-#else
-#define CONDNUM_INLINE inline
-#define CONDNUM_RESTRICT
-#endif
-
 namespace condnum {
 namespace {
 
-// One 64-byte SIMD vector of T (GCC/Clang vector extension): a zmm register with
-// AVX-512, two ymm with AVX2, four xmm otherwise. Loads and stores are unaligned.
-#if defined(__GNUC__) || defined(__clang__)
+// sum_i x_i^2 in float64 (four partial sums: O(d), beside the O(m d) BLAS work of a step).
 template <typename T>
-struct Simd {
-  typedef T type __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
-  static constexpr int lanes = 64 / sizeof(T);
-};
-template <typename T>
-using vec_t = typename Simd<T>::type;
-template <typename T>
-CONDNUM_INLINE vec_t<T> load(const T* p) {
-  return *reinterpret_cast<const vec_t<T>*>(p);
-}
-template <typename T>
-CONDNUM_INLINE void store(T* p, vec_t<T> v) {
-  *reinterpret_cast<vec_t<T>*>(p) = v;
-}
-template <typename T>
-CONDNUM_INLINE double hsum(vec_t<T> v) {
-  double s = 0;
-  for (int k = 0; k < Simd<T>::lanes; ++k) s += v[k];
-  return s;
-}
-#define CONDNUM_SIMD 1
-#else
-#define CONDNUM_SIMD 0
-#endif
-
-// y[i] = A_i . x for rows [r0, r1), four rows per sweep over x (accumulation in T, as BLAS
-// does; the lanes are summed in float64).
-template <typename T>
-CONDNUM_INLINE void rows_dot(const T* CONDNUM_RESTRICT A, int64_t lda, int64_t r0, int64_t r1,
-                             int64_t n, const T* CONDNUM_RESTRICT x, T* CONDNUM_RESTRICT y) {
-#if CONDNUM_SIMD
-  constexpr int L = Simd<T>::lanes;
-  using V = vec_t<T>;
-  const int64_t nv = n - n % L;
-  int64_t i = r0;
-  for (; i + 4 <= r1; i += 4) {
-    const T* a0 = A + i * lda;
-    const T* a1 = a0 + lda;
-    const T* a2 = a1 + lda;
-    const T* a3 = a2 + lda;
-    V c0 = {}, c1 = {}, c2 = {}, c3 = {};
-    for (int64_t j = 0; j < nv; j += L) {
-      const V xv = load(x + j);
-      c0 += load(a0 + j) * xv;
-      c1 += load(a1 + j) * xv;
-      c2 += load(a2 + j) * xv;
-      c3 += load(a3 + j) * xv;
-    }
-    double s0 = hsum<T>(c0), s1 = hsum<T>(c1), s2 = hsum<T>(c2), s3 = hsum<T>(c3);
-    for (int64_t j = nv; j < n; ++j) {
-      s0 += a0[j] * x[j];
-      s1 += a1[j] * x[j];
-      s2 += a2[j] * x[j];
-      s3 += a3[j] * x[j];
-    }
-    y[i] = static_cast<T>(s0);
-    y[i + 1] = static_cast<T>(s1);
-    y[i + 2] = static_cast<T>(s2);
-    y[i + 3] = static_cast<T>(s3);
+double sum_squares(const T* x, int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(x[i]) * x[i];
+    s1 += static_cast<double>(x[i + 1]) * x[i + 1];
+    s2 += static_cast<double>(x[i + 2]) * x[i + 2];
+    s3 += static_cast<double>(x[i + 3]) * x[i + 3];
   }
-  for (; i < r1; ++i) {
-    const T* a = A + i * lda;
-    V c0 = {}, c1 = {};
-    int64_t j = 0;
-    for (; j + 2 * L <= n; j += 2 * L) {
-      c0 += load(a + j) * load(x + j);
-      c1 += load(a + j + L) * load(x + j + L);
-    }
-    if (j + L <= n) {
-      c0 += load(a + j) * load(x + j);
-      j += L;
-    }
-    double s = hsum<T>(c0 + c1);
-    for (; j < n; ++j) s += a[j] * x[j];
-    y[i] = static_cast<T>(s);
-  }
-#else
-  for (int64_t i = r0; i < r1; ++i) {
-    const T* a = A + i * lda;
-    double s = 0;
-    for (int64_t j = 0; j < n; ++j) s += a[j] * x[j];
-    y[i] = static_cast<T>(s);
-  }
-#endif
-}
-
-template <typename T>
-CONDNUM_INLINE double dot_impl(const T* CONDNUM_RESTRICT a, const T* CONDNUM_RESTRICT b,
-                               int64_t n) {
-  T out;
-  rows_dot<T>(a, 0, 0, 1, n, b, &out);
-  return out;
-}
-
-// y -= sum_k h[k] A_k, four rows per sweep over y.
-template <typename T>
-CONDNUM_INLINE void sub_rows(const T* CONDNUM_RESTRICT A, int64_t lda, int64_t rows, int64_t n,
-                             const T* CONDNUM_RESTRICT h, T* CONDNUM_RESTRICT y) {
-  int64_t k = 0;
-  for (; k + 4 <= rows; k += 4) {
-    const T* a0 = A + k * lda;
-    const T* a1 = a0 + lda;
-    const T* a2 = a1 + lda;
-    const T* a3 = a2 + lda;
-    const T h0 = h[k], h1 = h[k + 1], h2 = h[k + 2], h3 = h[k + 3];
-    int64_t j = 0;
-#if CONDNUM_SIMD
-    constexpr int L = Simd<T>::lanes;
-    for (; j + L <= n; j += L)
-      store(y + j, load(y + j) - (h0 * load(a0 + j) + h1 * load(a1 + j) + h2 * load(a2 + j) +
-                                  h3 * load(a3 + j)));
-#endif
-    for (; j < n; ++j) y[j] -= h0 * a0[j] + h1 * a1[j] + h2 * a2[j] + h3 * a3[j];
-  }
-  for (; k < rows; ++k) {
-    const T* a = A + k * lda;
-    const T hk = h[k];
-    int64_t j = 0;
-#if CONDNUM_SIMD
-    constexpr int L = Simd<T>::lanes;
-    for (; j + L <= n; j += L) store(y + j, load(y + j) - hk * load(a + j));
-#endif
-    for (; j < n; ++j) y[j] -= hk * a[j];
-  }
-}
-
-CONDNUM_CLONES void rows_dot_f(const float* A, int64_t lda, int64_t r0, int64_t r1, int64_t n,
-                               const float* x, float* y) {
-  rows_dot<float>(A, lda, r0, r1, n, x, y);
-}
-CONDNUM_CLONES void rows_dot_d(const double* A, int64_t lda, int64_t r0, int64_t r1, int64_t n,
-                               const double* x, double* y) {
-  rows_dot<double>(A, lda, r0, r1, n, x, y);
-}
-CONDNUM_CLONES void sub_rows_f(const float* A, int64_t lda, int64_t rows, int64_t n, const float* h,
-                               float* y) {
-  sub_rows<float>(A, lda, rows, n, h, y);
-}
-CONDNUM_CLONES void sub_rows_d(const double* A, int64_t lda, int64_t rows, int64_t n,
-                               const double* h, double* y) {
-  sub_rows<double>(A, lda, rows, n, h, y);
-}
-
-// (U^T U) x = b, U upper triangular row-major: U^T y = b by row axpys, then U x = y by row
-// dots. Both sweeps read U row by row (contiguous).
-CONDNUM_CLONES void cholesky_solve_upper_impl(const double* CONDNUM_RESTRICT U, int64_t d,
-                                              double* CONDNUM_RESTRICT b) {
-  for (int64_t j = 0; j < d; ++j) {
-    const double* u = U + j * d;
-    const double yj = b[j] / u[j];
-    b[j] = yj;
-    sub_rows<double>(u + j + 1, 0, 1, d - j - 1, &yj, b + j + 1);
-  }
-  for (int64_t i = d - 1; i >= 0; --i) {
-    const double* u = U + i * d;
-    b[i] = (b[i] - dot_impl<double>(u + i + 1, b + i + 1, d - i - 1)) / u[i];
-  }
-}
-
-// Rows per task below which a matrix-vector product stays on one thread.
-constexpr int64_t kParallelElements = int64_t{1} << 17;
-
-template <typename T, typename F>
-void gemv_rows_impl(const T* A, int64_t lda, int64_t rows, int64_t n, const T* x, T* y,
-                    bool parallel, F kernel) {
-  if (!parallel || rows * n < kParallelElements || at::get_num_threads() == 1) {
-    kernel(A, lda, 0, rows, n, x, y);
-    return;
-  }
-  at::parallel_for(0, rows, 16,
-                   [&](int64_t begin, int64_t end) { kernel(A, lda, begin, end, n, x, y); });
+  for (; i < n; ++i) s0 += static_cast<double>(x[i]) * x[i];
+  return (s0 + s1) + (s2 + s3);
 }
 
 }  // namespace
-
-void gemv_rows(const float* A, int64_t lda, int64_t rows, int64_t n, const float* x, float* y,
-               bool parallel) {
-  gemv_rows_impl(A, lda, rows, n, x, y, parallel, rows_dot_f);
-}
-void gemv_rows(const double* A, int64_t lda, int64_t rows, int64_t n, const double* x, double* y,
-               bool parallel) {
-  gemv_rows_impl(A, lda, rows, n, x, y, parallel, rows_dot_d);
-}
-void sub_gemv_t(const float* A, int64_t lda, int64_t rows, int64_t n, const float* h, float* y) {
-  sub_rows_f(A, lda, rows, n, h, y);
-}
-void sub_gemv_t(const double* A, int64_t lda, int64_t rows, int64_t n, const double* h, double* y) {
-  sub_rows_d(A, lda, rows, n, h, y);
-}
-void cholesky_solve_upper(const double* U, int64_t d, double* b) {
-  cholesky_solve_upper_impl(U, d, b);
-}
 
 // ---------------------------------------------------------------- tridiagonal routines
 
@@ -334,14 +139,16 @@ void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
 
 template <typename scalar_t>
 Lanczos<scalar_t>::Lanczos(int64_t d, int64_t max_steps, Operator apply,
-                           const at::TensorOptions& opts)
+                           const at::TensorOptions& opts, const char* step_name)
     : apply_(std::move(apply)),
+      step_name_(step_name),
       d_(d),
       steps_(std::max<int64_t>(1, std::min(max_steps, d))),
       eps_(std::numeric_limits<scalar_t>::epsilon()) {
-  V_ = at::empty({steps_ + 1, d}, opts.dtype(c10::CppTypeToScalarType<scalar_t>::value));
-  w_.resize(d);
-  h_.resize(steps_ + 1);
+  const auto o = opts.dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  V_ = at::empty({steps_ + 1, d}, o);
+  w_ = at::empty({d}, o);
+  h_ = at::empty({steps_ + 1}, o);
   alpha_.reserve(steps_);
   beta_.reserve(steps_);
   work_.reserve(5 * steps_);  // tridiagonal_eigenvector's workspace: no allocation per step
@@ -352,7 +159,7 @@ void Lanczos<scalar_t>::start(const at::Tensor& v0) {
   auto v = V_[0];
   v.copy_(v0);
   scalar_t* p = v.mutable_data_ptr<scalar_t>();
-  const double n = std::sqrt(dot_impl<scalar_t>(p, p, d_));
+  const double n = std::sqrt(sum_squares(p, d_));
   TORCH_INTERNAL_ASSERT(n > 0 && std::isfinite(n), "Lanczos: start vector has norm ", n);
   for (int64_t i = 0; i < d_; ++i) p[i] = static_cast<scalar_t>(p[i] / n);
   m_ = 0;
@@ -366,21 +173,24 @@ void Lanczos<scalar_t>::start(const at::Tensor& v0) {
 template <typename scalar_t>
 bool Lanczos<scalar_t>::step() {
   if (!can_step()) return false;
+  RECORD_USER_SCOPE(step_name_);
   const int64_t j = m_, d = d_;
-  scalar_t* V = V_.mutable_data_ptr<scalar_t>();
-  scalar_t* w = w_.data();
-  scalar_t* h = h_.data();
-  apply_(V + j * d, w);
+  apply_(V_.select(0, j), w_);
   // Classical Gram-Schmidt against v_0 .. v_j (this also subtracts alpha_j v_j and
   // beta_{j-1} v_{j-1}), repeated once when it cancelled more than half of ||w||^2
   // (Daniel-Gragg-Kaufman-Stewart: "twice is enough"). A looser criterion loses
   // orthogonality: one classical pass is not stable on its own.
-  double before = dot_impl<scalar_t>(w, w, d), alpha = 0, after = before;
+  // Each pass is two BLAS gemv on the basis rows: h = V_j w, then w -= V_j^T h.
+  const auto basis = V_.narrow(0, 0, j + 1);  // (j + 1, d)
+  auto h = h_.narrow(0, 0, j + 1);
+  const scalar_t* pw = w_.const_data_ptr<scalar_t>();
+  const scalar_t* ph = h_.const_data_ptr<scalar_t>();
+  double before = sum_squares(pw, d), alpha = 0, after = before;
   for (int pass = 0; pass < 2; ++pass) {
-    gemv_rows(V, d, j + 1, d, w, h, /*parallel=*/false);
-    sub_gemv_t(V, d, j + 1, d, h, w);
-    alpha += h[j];
-    after = dot_impl<scalar_t>(w, w, d);
+    at::mv_out(h, basis, w_);
+    at::addmv_out(w_, w_, basis.t(), h, /*beta=*/1, /*alpha=*/-1);
+    alpha += ph[j];
+    after = sum_squares(pw, d);
     if (after > kSecondPass * before) break;
     before = after;
   }
@@ -392,9 +202,9 @@ bool Lanczos<scalar_t>::step() {
   // A breakdown means V spans an invariant subspace: its Ritz pairs are exact.
   invariant_ = policy::breakdown(b, d, eps_, scale_) || m_ == d;
   if (!invariant_) {
-    scalar_t* next = V + (j + 1) * d;
+    scalar_t* next = V_.mutable_data_ptr<scalar_t>() + (j + 1) * d;
     const scalar_t inv = static_cast<scalar_t>(1.0 / b);
-    for (int64_t i = 0; i < d; ++i) next[i] = w[i] * inv;
+    for (int64_t i = 0; i < d; ++i) next[i] = pw[i] * inv;
   }
   return true;
 }

@@ -10,8 +10,9 @@
 // iteration. Its residual is r = ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]|, and some
 // eigenvalue of A lies within r of theta_i: r is the error bound used (ARPACK's test; the
 // sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()).
-// Cost per step: one operator application plus 4 m d flops (8 m d with the second pass);
-// a convergence check costs O(m) per Ritz value; memory (max_steps + 1) d.
+// Cost per step: one operator application plus 4 m d flops (8 m d with the second pass),
+// both through torch's BLAS (two gemv per pass on the contiguous basis); a convergence check
+// costs O(m) per Ritz value; memory (max_steps + 1) d, allocated once.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -20,20 +21,6 @@
 #include <vector>
 
 namespace condnum {
-
-// ---------------------------------------------------------------- dense kernels (raw, CPU)
-// Vectorised for the CPU at hand (GCC vector extensions; on x86-64 Linux with GCC, clones
-// for AVX-512, AVX2 and baseline are picked at load time).
-// y[i] = sum_j A[i*lda + j] x[j] for rows [0, rows); parallel over rows when large.
-void gemv_rows(const float* A, int64_t lda, int64_t rows, int64_t n, const float* x, float* y,
-               bool parallel);
-void gemv_rows(const double* A, int64_t lda, int64_t rows, int64_t n, const double* x, double* y,
-               bool parallel);
-// y -= sum_k h[k] A[k*lda + :n] (k < rows).
-void sub_gemv_t(const float* A, int64_t lda, int64_t rows, int64_t n, const float* h, float* y);
-void sub_gemv_t(const double* A, int64_t lda, int64_t rows, int64_t n, const double* h, double* y);
-// Solves (U^T U) x = b in place for upper-triangular U stored row-major (d, d); b: (d,).
-void cholesky_solve_upper(const double* U, int64_t d, double* b);
 
 // ---------------------------------------------------------------- tridiagonal routines, O(m)
 // T is m x m with diagonal alpha[0..m) and off-diagonal beta[0..m-1).
@@ -64,10 +51,13 @@ struct Ritz {
 template <typename scalar_t>
 class Lanczos {
  public:
-  using Operator = std::function<void(const scalar_t* v, scalar_t* w)>;  // w = A v
+  // w = A v for v, w: (d,) of scalar_t; w is a preallocated buffer written in place.
+  using Operator = std::function<void(const at::Tensor& v, at::Tensor& w)>;
 
   // Preallocates the basis for min(max_steps, d) steps. `opts` gives the device (CPU).
-  Lanczos(int64_t d, int64_t max_steps, Operator apply, const at::TensorOptions& opts);
+  // Each step is a profiler range named `step_name` (torch.profiler; free when not profiling).
+  Lanczos(int64_t d, int64_t max_steps, Operator apply, const at::TensorOptions& opts,
+          const char* step_name);
 
   // Starts from v0 (any nonzero vector of shape (d,), converted to scalar_t).
   void start(const at::Tensor& v0);
@@ -105,10 +95,12 @@ class Lanczos {
   };
 
   Operator apply_;
+  const char* step_name_;
   int64_t d_, steps_, m_ = 0;
   End bottom_, top_;
   at::Tensor V_;  // (steps + 1, d), rows v_j
-  std::vector<scalar_t> w_, h_;
+  at::Tensor w_;  // (d,) the new direction
+  at::Tensor h_;  // (steps + 1,) Gram-Schmidt coefficients
   std::vector<double> alpha_, beta_, work_;
   double scale_ = 0, eps_;
   bool invariant_ = false;

@@ -1,0 +1,112 @@
+"""Cost of one solver step of the CPU kernel against the same work through torch's BLAS.
+
+A Lanczos step on S is ``w = S v`` plus classical Gram-Schmidt against the basis V_j
+(``h = V_j w; w -= V_j^T h``, once or twice); a shift-and-invert step replaces ``S v`` by
+the two triangular solves with the Cholesky factor of ``S + tau I`` (float64). The kernel
+marks each step as a profiler range (``condnum::lanczos_step``,
+``condnum::shift_invert_step``). ``step_costs`` profiles ``extreme_eigh`` for those ranges,
+reads each step's basis size and number of Gram-Schmidt passes from its child ops, and
+replays the same steps as plain torch calls (``torch.mv``, ``torch.addmv``,
+``torch.linalg.solve_triangular`` on factors already in LAPACK's column-major layout)
+under the same profiler, so both sides pay its per-op overhead. The O(d) work of a step
+(norms, the scaling of the new basis vector) and the convergence checks are left out of
+the torch side: its time is a floor for the step. Ratio = median ours / median torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from condnum import functional as F
+
+STEPS = {"lanczos": "condnum::lanczos_step", "shift_invert": "condnum::shift_invert_step"}
+REPLAY = "bench::torch_step"
+
+
+def _profiled(fn: Callable[[], object], min_events: int) -> list:
+    """Profiler events of repeated ``fn()`` calls until ``min_events`` step ranges are seen
+    (at most 20 calls)."""
+    events: list = []
+    for _ in range(20):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fn()
+        events += [e for e in prof.events() if e.name in STEPS.values() or e.name == REPLAY]
+        if len(events) >= min_events:
+            break
+    return events
+
+
+def _plan(event) -> tuple[int, int]:
+    """(basis rows, Gram-Schmidt passes) of one step: from its ``aten::addmv`` children,
+    whose matrix argument is the transposed basis (d, rows)."""
+    gs = [c for c in event.cpu_children if c.name == "aten::addmv"]
+    rows = gs[0].input_shapes[1][1] if gs and gs[0].input_shapes else 1
+    return rows, max(len(gs), 1)
+
+
+def _replay(S: torch.Tensor, kind: str, plans: list[tuple[int, int]]) -> list[float]:
+    """Step times (us) of the same steps through torch calls, under the profiler."""
+    d = S.shape[0]
+    dtype = S.dtype if kind == "lanczos" else torch.float64
+    rows_max = max(r for r, _ in plans)
+    V = torch.linalg.qr(torch.randn(d, rows_max, dtype=dtype))[0].T.contiguous()
+    v = V[0].clone()
+    w, h = torch.empty(d, dtype=dtype), torch.empty(rows_max, dtype=dtype)
+    if kind == "shift_invert":
+        A = S.double() + S.double().diagonal().mean() * 1e-3 * torch.eye(d, dtype=torch.float64)
+        L = torch.linalg.cholesky(A)
+        Lc = L.mT.contiguous().mT  # column-major lower factor: no copy inside LAPACK calls
+        Uc = L.contiguous().mT  # column-major upper factor L^T
+        y = torch.empty(d, 1, dtype=torch.float64)
+
+    def step(rows: int, passes: int) -> None:
+        with record_function(REPLAY):
+            if kind == "lanczos":
+                torch.mv(S, v, out=w)
+            else:
+                torch.linalg.solve_triangular(Lc, v[:, None], upper=False, out=y)
+                torch.linalg.solve_triangular(Uc, y, upper=True, out=w[:, None])
+            basis, hb = V[:rows], h[:rows]
+            for _ in range(passes):
+                torch.mv(basis, w, out=hb)
+                torch.addmv(w, basis.T, hb, alpha=-1, out=w)
+
+    def run() -> None:
+        for rows, passes in plans:
+            step(rows, passes)
+
+    run()  # warm-up
+    return [e.cpu_time_total for e in _profiled(run, len(plans))]
+
+
+def step_costs(S: torch.Tensor, rtol: float, tol: float | None) -> dict[str, dict[str, float]]:
+    """kind -> {ours_us, torch_us, ratio, steps} for the steps ``extreme_eigh(S)`` takes
+    (kinds with no step are left out)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unconverged solves report via err
+
+        def solve() -> None:
+            F.extreme_eigh(S, rtol=rtol, tol=tol)
+
+        solve()  # warm-up
+        events = _profiled(solve, 200)
+    out = {}
+    for kind, name in STEPS.items():
+        ours = [e for e in events if e.name == name]
+        if not ours:
+            continue
+        base = _replay(S, kind, [_plan(e) for e in ours])
+        o, t = statistics.median(e.cpu_time_total for e in ours), statistics.median(base)
+        out[kind] = {
+            "ours_us": o,
+            "torch_us": t,
+            "ratio": o / t if t > 0 else math.nan,
+            "steps": len(ours),
+        }
+    return out
