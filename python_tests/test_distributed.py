@@ -48,6 +48,7 @@ def test_two_ranks_match_single_process_on_concatenated_batch():
     Z = _features().requires_grad_()
     loss = condnum.RIll()(Z) + condnum.RWell()(Z)
     loss.backward()
+    assert sorted(results) == list(range(WORLD)), f"ranks that reported: {sorted(results)}"
     for rank, (rank_loss, rank_grad) in results.items():
         torch.testing.assert_close(rank_loss, loss.detach(), rtol=1e-10, atol=0)
         torch.testing.assert_close(rank_grad, Z.grad.chunk(WORLD)[rank], rtol=1e-8, atol=1e-12)

@@ -190,10 +190,17 @@ def test_authors_mode_is_affine_and_seeded(tasks):
     assert bool(torch.isfinite(a.theta).all())
 
 
-def test_opt_kappa_runs(tasks):
+def test_opt_kappa_raises_kappa_h_and_lowers_the_merit(tasks):
+    """Opt kappa descends ``log kappa_P - log kappa_H``: over its steps kappa_H rises and
+    that merit falls (the history records the kappas before each step)."""
     P, H, y_P, _ = tasks
-    res = opt_kappa(P.X_train, H.X_train, y_P, steps=10, init="identity")
-    assert bool(torch.isfinite(res.theta).all()) and len(res.history["kappa_H"]) == 10
+    steps = 10
+    res = opt_kappa(P.X_train, H.X_train, y_P, steps=steps, init="identity")
+    kappa_P, kappa_H = res.history["kappa_P"], res.history["kappa_H"]
+    assert len(kappa_H) == steps and bool(torch.isfinite(res.theta).all())
+    merit = [math.log(p) - math.log(h) for p, h in zip(kappa_P, kappa_H, strict=True)]
+    assert kappa_H[-1] > kappa_H[0]
+    assert merit[-1] < merit[0]
 
 
 def test_whitening_flattens_the_primary(tasks):

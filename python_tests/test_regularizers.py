@@ -78,12 +78,41 @@ def test_gradcheck_from_S(fn, device):
     assert torch.autograd.gradcheck(lambda A: fn((A + A.T) / 2, **EXACT), (S,))
 
 
-def test_degenerate_extremes_give_finite_gradients():
-    # repeated sigma_min and sigma_max: any unit vector of the eigenspace is a subgradient
+def test_degenerate_extremes_match_the_reference(device):
+    """Repeated sigma_min (x3) and sigma_max (x2): values equal the float64 reference, and
+    each gradient is a valid subgradient: ``G_well + S/k = sigma_max v v^T`` and
+    ``D^2 G_ill + S/k = sigma_min u u^T`` with unit ``v``, ``u`` in the top and bottom
+    eigenspaces. Along a direction that moves each eigenspace as a whole (every
+    subgradient agrees there) the derivative equals the reference's."""
     ev = torch.tensor([1.0, 1.0, 1.0, 3.0, 5.0, 5.0], dtype=torch.float64)
-    S = spd_from_spectrum(ev, 2, torch.float64).requires_grad_()
-    (F.r_ill(S) + F.r_well(S)).backward()
-    assert torch.isfinite(S.grad).all()
+    S = spd_from_spectrum(ev, 2, torch.float64)
+    k = len(ev)
+    _, V = torch.linalg.eigh(S)
+    P_bottom, P_top = V[:, :3] @ V[:, :3].T, V[:, 4:] @ V[:, 4:].T
+    # eigenspace-wise shifts: commutes with S, keeps each repeated eigenvalue repeated
+    E = 0.7 * P_bottom - 0.4 * (V[:, 3:4] @ V[:, 3:4].T) + 1.3 * P_top
+    rtol = VALUE_RTOL[torch.float64]
+    for fn, ref_fn, sigma, P in (
+        (F.r_well, reference.r_well, 5.0, P_top),
+        (F.r_ill, reference.r_ill, 1.0, P_bottom),
+    ):
+        S_ours = S.to(device).requires_grad_()
+        value = fn(S_ours, **EXACT)
+        (G,) = torch.autograd.grad(value, S_ours)
+        S_ref = S.clone().requires_grad_()
+        ref = ref_fn(S_ref)
+        (G_ref,) = torch.autograd.grad(ref, S_ref)
+        G, value = G.cpu(), value.item()
+        assert rel_err(value, ref.item()) <= rtol
+        assert torch.isfinite(G).all()
+        # the rank-one part sigma w w^T, with w a unit vector of the repeated eigenspace
+        scale = 1.0 if fn is F.r_well else (1 / value) ** 2
+        A = G * scale + S / k
+        torch.testing.assert_close(A, A.T, rtol=0, atol=1e-12)
+        torch.testing.assert_close(P @ A @ P, A, rtol=0, atol=rtol * sigma)
+        assert rel_err(torch.trace(A).item(), sigma) <= rtol
+        assert rel_err(torch.linalg.matrix_norm(A, 2).item(), sigma) <= rtol  # rank one
+        assert rel_err((G * E).sum().item(), (G_ref * E).sum().item()) <= rtol
 
 
 @pytest.mark.filterwarnings("ignore:.*rank-deficient Gram")

@@ -10,11 +10,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CONDNUM_SANITIZE_VENV:-/tmp/condnum-sanitize-venv}"
 
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q torch==2.13.0 "scikit-build-core>=0.10" ninja "cmake>=3.26" \
-    numpy pytest hypothesis
-"$venv/bin/pip" install -q --no-build-isolation --no-deps \
-    -C cmake.define.CONDNUM_SANITIZE=address,undefined -C cmake.build-type=RelWithDebInfo \
-    -C build-dir="$root/build/sanitize" "$root"
+PYTHON="$venv/bin/python" CONDNUM_EDITABLE=0 CONDNUM_BUILD_DIR="$root/build/sanitize" \
+  bash "$root/tools/install.sh" \
+  -C cmake.define.CONDNUM_SANITIZE=address,undefined -C cmake.build-type=RelWithDebInfo
 
 # The sanitizer runtimes must come first; leaks are not checked (CPython keeps its
 # allocations alive by design); any UBSan report aborts the run.
