@@ -23,6 +23,8 @@ ROUNDING_SLACK = 4.0
 SKI_RENTAL = 0.6
 #: ... judging its progress by the error bound's decay over this many steps.
 RATE_WINDOW = 6
+#: The restart check's start vector: pseudo-random stream 1 (stream 0 starts every solve).
+CHECK_STREAM = 1
 #: A breakdown (invariant Krylov space): beta <= BREAKDOWN * sqrt(d) * eps * ||T||.
 BREAKDOWN = 10.0  # inline in lanczos.cpp
 
