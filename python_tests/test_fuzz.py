@@ -1233,12 +1233,20 @@ def test_a_one_step_budget_warns_instead_of_blaming_S(device):
         assert "num_iters" in str(err), err
 
 
-def test_clustered_bottom_float32(device):
+def _skip_without_restart_check(impl) -> None:
+    """The hand-written CUDA kernels have no restart check yet (the portable path, CUDA's
+    default, has it)."""
+    if impl.device == "cuda" and impl.backend == "native":
+        pytest.xfail("native CUDA kernels: no restart check yet")
+
+
+def test_clustered_bottom_float32(device, impl):
     """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=9).
 
     Was: plain Lanczos accepted a Ritz value of the unresolved cluster {1, 1.0012, 1.0014}
     x 1e-2 at the bottom (err = 7e-5 is honest for the third eigenvalue, not for lam_min):
     1.4e-3 relative, over EIG_RTOL."""
+    _skip_without_restart_check(impl)
     S = spd_from_spectrum(log_spectrum(175, 100.0, 1), 1, f32)
     ref_min, _ = reference_extremes(S, 1e-3)
     lam_min, _, _, _ = F.extreme_eigh(S.to(device), rtol=1e-3)
@@ -1246,13 +1254,14 @@ def test_clustered_bottom_float32(device):
 
 
 @pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
-def test_start_vector_nearly_orthogonal_to_the_top_eigenvector(op, device):
+def test_start_vector_nearly_orthogonal_to_the_top_eigenvector(op, device, impl):
     """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=14): d = 159,
     kappa = 1e3, eigenvalues 1 and 0.990 at the top.
 
     Was: the fixed start vector's component along this S's top eigenvector is 1.4e-4
     (typically 0.08): Lanczos converged to the second eigenvalue first and accepted it at
     float32's default tol (err 5e-5 is honest for it): lam_max 1 % low, no warning."""
+    _skip_without_restart_check(impl)
     S = spd_from_spectrum(log_spectrum(159, 1e3, 159), 159, f32)
     ref = torch.linalg.eigvalsh(S.double())[-1].item()
     S = S.to(device)

@@ -10,6 +10,8 @@
    bottom Ritz value of the same Krylov space is pursued while a ski-rental budget (a
    fraction of the shift-and-invert cost) lasts and S is not too ill-conditioned for it.
 2. Otherwise shift-and-invert in float64 (condnum.portable.shift_invert).
+Each accepted end is checked by a second run from an independent pseudo-random start on the
+operator deflated by the accepted vector (_restart_check, shift_invert.deflated_check).
 Eigenvector signs: the component of largest magnitude is positive. Eigenvalues down to
 -sqrt(eps(S)) lam_max are rounding; only below that is S indefinite.
 

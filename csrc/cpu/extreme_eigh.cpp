@@ -21,6 +21,10 @@
 //    S - rtol lam_max I is used instead: the wanted eigenvalue is then the top of the
 //    positive part, well separated, and eigenvalues crowding just below the threshold
 //    cannot hide it (the Cholesky route also falls back to it when it finds them).
+// Restart check: before either end is accepted, a second run from an independent
+// pseudo-random start on the operator deflated by the accepted vector must not find a more
+// extreme Ritz value (restart_check, deflated_check): single-vector Lanczos from a start
+// nearly orthogonal to the extreme eigenvector settles on a neighbour otherwise.
 // Convergence: a Ritz value is accepted when its residual r = ||S y - theta y|| (some
 // eigenvalue lies within r of theta) is below tol * |lam| at two consecutive steps; it is
 // checked after every step in O(m) (tridiagonal bisection and inverse iteration), so no
