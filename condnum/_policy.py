@@ -29,6 +29,8 @@ MIN_RATE = 1e-3
 RATE_MARGIN = 2.0
 #: log(bound / value) of a bound of exactly 0 (an invariant space) uses this bound.
 LOG_BOUND_FLOOR = 1e-300
+#: The restart check's start vector: pseudo-random stream 1 (stream 0 starts every solve).
+CHECK_STREAM = 1
 #: A breakdown (invariant Krylov space): beta <= BREAKDOWN * sqrt(d) * eps * ||T||.
 BREAKDOWN = 10.0
 

@@ -78,6 +78,10 @@ constexpr double kRateMargin = 2.0;
 // log(bound / value) of a bound of exactly 0 (an invariant space).
 constexpr double kLogBoundFloor = 1e-300;
 
+// The restart check's start vector: pseudo-random stream 1 (stream 0 starts every solve), so
+// the check is independent of the first run and results stay deterministic.
+constexpr uint64_t kCheckStream = 1;
+
 CONDNUM_HD inline double log_relative_bound(double bound, double value) {
   return log((bound < kLogBoundFloor ? kLogBoundFloor : bound) / value);
 }

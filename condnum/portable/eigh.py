@@ -10,6 +10,8 @@
    bottom Ritz value of the same Krylov space is pursued while a ski-rental budget (a
    fraction of the shift-and-invert cost) lasts and S is not too ill-conditioned for it.
 2. Otherwise shift-and-invert in float64 (condnum.portable.shift_invert).
+Each accepted end is checked by a second run from an independent pseudo-random start on the
+operator deflated by the accepted vector (_restart_check, shift_invert.deflated_check).
 Eigenvector signs: the component of largest magnitude is positive. Eigenvalues down to
 -sqrt(eps(S)) lam_max are rounding; only below that is S indefinite.
 
@@ -151,7 +153,70 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         out.err_bottom = _relative(bottom.bound, bottom.value)
         out.bottom_converged = bottom_converged
         out.u_bottom = lz.ritz_vector(bottom, W.dtype)
+    # The whole space spanned (m = d) leaves nothing to miss; an unconverged top is
+    # reported by err already.
+    if top_done and lz.size < d and top.value > 0:
+        _restart_check(W, out, top, lz.size, num_iters, tol, rtol, want_bottom)
     return out
+
+
+def _restart_check(W, p: Plain, top: Ritz, steps, num_iters, tol, rtol, want_bottom) -> None:
+    """The CPU kernel's restart check (csrc/cpu/extreme_eigh.cpp, restart_check): a second
+    Lanczos run from an independent pseudo-random start (stream CHECK_STREAM) on the deflated
+    operator P S P, P = I - y y^T, y = p.u_max, accepted by the same rule as the first. When
+    its top Ritz value ends above theta, the first run had settled on a neighbour of lam_max
+    (or had not converged): its pair, the more extreme, replaces the first, with its
+    residual for S as the bound. A
+    bottom value accepted from plain Lanczos stands only if the check's own bottom Ritz value
+    in the numerical range converges at or above it (minus its bound) within ``steps`` +
+    RATE_WINDOW steps; otherwise shift-and-invert takes over from the check's bottom vector."""
+    d = W.shape[0]
+    y = p.u_max.to(W.dtype)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:  # P S P v for v orthogonal to y
+        w = torch.mv(W, v)
+        return w - y * torch.dot(y, w)
+
+    ck = Lanczos(apply, d, num_iters, W.dtype, W.device)
+    start = pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM)
+    ck.start(start - y * torch.dot(y, start))
+    check_bottom = want_bottom and p.bottom_converged
+    below = p.lam_bottom - p.err_bottom * p.lam_bottom
+    top_decided, bottom_decided, bottom_refuted = False, not check_bottom, False
+    top_ok, bottom_ok = Acceptance(), Acceptance()
+    r = b = None
+    while ck.step():
+        m = ck.size
+        if m < _policy.FIRST_CHECK and ck.can_step:
+            continue
+        if not top_decided:
+            r = ck.ritz(m - 1)
+            top_decided = ck.invariant or top_ok(r.bound <= tol * abs(r.value), m)
+        if not bottom_decided:
+            ib = ck.count_below(rtol * r.value) if rtol > 0 else 0
+            if ib < m:
+                b = ck.ritz(ib)
+                bottom_refuted = b.value < below
+                bottom_decided = (
+                    bottom_refuted or ck.invariant or bottom_ok(b.bound <= tol * b.value, m)
+                )
+            if not bottom_decided and m >= steps + _policy.RATE_WINDOW:
+                bottom_decided = bottom_refuted = True
+        if top_decided and bottom_decided:
+            break
+    if not top_decided:
+        r = ck.ritz(ck.size - 1)
+    if r.value > top.value:  # the more extreme: the first run settled on a lower eigenvalue
+        u = ck.ritz_vector(r, torch.float64)
+        residual = torch.linalg.vector_norm(torch.mv(W, u.to(W.dtype)).double() - r.value * u)
+        p.lam_max, p.u_max = r.value, u.to(W.dtype)
+        p.err_max = _relative(residual.item(), r.value)  # the residual for S itself
+        p.bottom_converged = False  # its threshold moved: shift-and-invert decides
+    if check_bottom and bottom_refuted:
+        p.bottom_converged = False
+        if b is not None:
+            p.u_bottom = ck.ritz_vector(b, W.dtype)
+            p.lam_bottom = min(p.lam_bottom, b.value)
 
 
 def _prepare(S, num_iters, tol, op, vectors):

@@ -135,8 +135,8 @@ def orthogonalised_step(
 
 
 @lru_cache(maxsize=16)
-def _pseudo_random_unit64(d: int) -> torch.Tensor:
-    z = np.arange(d, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+def _pseudo_random_unit64(d: int, stream: int) -> torch.Tensor:
+    z = np.arange(d, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15 * (stream + 1) % 2**64)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z ^= z >> np.uint64(31)
@@ -144,9 +144,12 @@ def _pseudo_random_unit64(d: int) -> torch.Tensor:
     return torch.from_numpy(p / np.sqrt((p * p).sum()))
 
 
-def pseudo_random_unit(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The CPU kernel's deterministic start vector (splitmix64 of the index): no RNG state."""
-    return _pseudo_random_unit64(d).to(device=device, dtype=dtype)
+def pseudo_random_unit(
+    d: int, dtype: torch.dtype, device: torch.device, stream: int = 0
+) -> torch.Tensor:
+    """The CPU kernel's deterministic start vector (splitmix64 of index + (stream + 1) *
+    golden gamma): no RNG state. Streams are independent draws; stream 0 starts every solve."""
+    return _pseudo_random_unit64(d, stream).to(device=device, dtype=dtype)
 
 
 class Acceptance:

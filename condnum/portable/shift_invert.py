@@ -21,7 +21,13 @@ import torch
 
 from condnum import _policy
 from condnum._ops import _fail
-from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, rounding_floor
+from condnum.portable.lanczos import (
+    Acceptance,
+    Lanczos,
+    Ritz,
+    pseudo_random_unit,
+    rounding_floor,
+)
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -36,6 +42,43 @@ class Bottom:
     steps: int = 0
     interior: bool = False  # some Ritz values map below the threshold
     floor_limited: bool = False  # rounding (rounding_floor) alone exceeds tol
+
+
+def deflated_check(
+    apply, lz: Lanczos, r: Ritz, wanted, accepted, num_iters
+) -> tuple[Ritz, torch.Tensor] | None:
+    """The restart check of a shift-and-invert run (condnum.portable.eigh._restart_check
+    explains it): a second run on P A P, P = I - y y^T, y the accepted Ritz vector of ``lz``,
+    from an independent pseudo-random start. Returns its pair at ``wanted(check)`` when that
+    ends above theta (the more extreme: the first run had settled on a neighbour), with its unit
+    vector u and, as its bound, the residual ||A u - theta u|| (one more application of A);
+    None when the check agrees. ``accepted(check, pair)``: the first run's rule."""
+    y = lz.ritz_vector(r, torch.float64)
+
+    def deflated(v: torch.Tensor) -> torch.Tensor:
+        w = apply(v)
+        return w - y * torch.dot(y, w)
+
+    ck = Lanczos(deflated, lz.d, num_iters, torch.float64, y.device)
+    start = pseudo_random_unit(lz.d, torch.float64, y.device, _policy.CHECK_STREAM)
+    ck.start(start - y * torch.dot(y, start))
+    ok = Acceptance()
+    c = None
+    while ck.step():
+        m = ck.size
+        if m < _policy.FIRST_CHECK and ck.can_step:
+            continue
+        i = wanted(ck)
+        if i < 0:
+            continue
+        c = ck.ritz(i)
+        if ck.invariant or ok(accepted(ck, c), m):
+            break
+    if c is None or c.value <= r.value:
+        return None
+    u = ck.ritz_vector(c, torch.float64)
+    c.bound = torch.linalg.vector_norm(apply(u) - c.value * u).item()  # for A itself
+    return c, u
 
 
 def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
@@ -70,16 +113,18 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     threshold = rtol * lam_max
     mu_threshold = 1.0 / (threshold + tau)
     detect_crowding = tau <= 8 * threshold
-    lz = Lanczos(
-        lambda v: torch.cholesky_solve(v[:, None], L)[:, 0], d, num_iters, torch.float64, W.device
-    )
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return torch.cholesky_solve(v[:, None], L)[:, 0]
+
+    lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
     lz.start(start)
 
-    def wanted() -> int:
-        return lz.count_below(mu_threshold) - 1
+    def wanted(z: Lanczos = lz) -> int:
+        return z.count_below(mu_threshold) - 1
 
-    def error(r: Ritz) -> float:  # |d lam| = |d theta| / theta^2
-        bound = max(0.0 if lz.invariant else r.bound, rounding_floor(lz))
+    def error(r: Ritz, z: Lanczos = lz) -> float:  # |d lam| = |d theta| / theta^2
+        bound = max(0.0 if z.invariant else r.bound, rounding_floor(z))
         return bound / (r.value * r.value) / (1.0 / r.value - tau)
 
     converged = crowded = False
@@ -117,6 +162,10 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     if i < 0:
         return out
     r = lz.ritz(i)
+    if converged and lz.size < d:
+        c = deflated_check(apply, lz, r, wanted, lambda z, c: error(c, z) <= tol, num_iters)
+        if c is not None:
+            return _from_pair(out, *c, 1.0 / c[0].value - tau, error(c[0]), tol)
     out.interior = i < lz.size - 1
     out.lam = 1.0 / r.value - tau
     out.u = lz.ritz_vector(r, torch.float64)
@@ -142,8 +191,8 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
     lz.start(start)
 
-    def error(r: Ritz) -> float:
-        bound = max(0.0 if lz.invariant else r.bound, rounding_floor(lz))
+    def error(r: Ritz, z: Lanczos = lz) -> float:
+        bound = max(0.0 if z.invariant else r.bound, rounding_floor(z))
         return bound / (r.value * r.value) / (sigma + 1.0 / r.value)
 
     converged = False
@@ -160,10 +209,32 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     out.steps = lz.size
     if r.value <= 0:
         return out
+    if converged and lz.size < d:
+        c = deflated_check(
+            apply,
+            lz,
+            r,
+            lambda z: z.size - 1,
+            lambda z, c: c.value > 0 and error(c, z) <= tol,
+            num_iters,
+        )
+        if c is not None:
+            return _from_pair(out, *c, sigma + 1.0 / c[0].value, error(c[0]), tol)
     out.lam = sigma + 1.0 / r.value
     out.u = lz.ritz_vector(r, torch.float64)
     out.err = error(r)
     out.converged = converged or out.err <= tol
+    return out
+
+
+def _from_pair(
+    out: Bottom, c: Ritz, u: torch.Tensor, lam: float, err: float, tol: float
+) -> Bottom:
+    """``out`` with the restart check's pair: lam, its unit vector u and error bound."""
+    out.lam = lam
+    out.u = u
+    out.err = err
+    out.converged = err <= tol
     return out
 
 

@@ -21,6 +21,10 @@
 //    S - rtol lam_max I is used instead: the wanted eigenvalue is then the top of the
 //    positive part, well separated, and eigenvalues crowding just below the threshold
 //    cannot hide it (the Cholesky route also falls back to it when it finds them).
+// Restart check: before either end is accepted, a second run from an independent
+// pseudo-random start on the operator deflated by the accepted vector must not find a more
+// extreme Ritz value (restart_check, deflated_check): single-vector Lanczos from a start
+// nearly orthogonal to the extreme eigenvector settles on a neighbour otherwise.
 // Convergence: a Ritz value is accepted when its residual r = ||S y - theta y|| (some
 // eigenvalue lies within r of theta) is below tol * |lam| at two consecutive steps; it is
 // checked after every step in O(m) (tridiagonal bisection and inverse iteration), so no
@@ -49,6 +53,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 using policy::Acceptance;
+using policy::kCheckStream;
 using policy::kFirstCheck;
 using policy::kRateWindow;
 using policy::relative;
@@ -100,6 +105,90 @@ struct Plain {
   bool bottom_converged = false;
   int64_t steps = 0;
 };
+
+// ---------------------------------------------------------------- restart check
+// Single-vector Lanczos can accept a neighbour of an extreme eigenvalue: when the start
+// vector is nearly orthogonal to the extreme eigenvector, the Krylov space resolves the
+// next eigenvalue first, and its residual bound (honest for that eigenvalue) meets tol.
+// Before acceptance, a second run from an independent pseudo-random start (stream
+// kCheckStream, so results stay deterministic) works on the deflated operator
+// P S P, P = I - y y^T, y the accepted top Ritz vector. If theta was lam_max, the top of
+// P S P is the next eigenvalue, below theta; if theta was a neighbour, the missed lam_max
+// is the top of P S P, separated from the rest by more than before, and the check's top
+// Ritz value (a lower bound on it) rises above theta within a few steps: its pair, the
+// more extreme, replaces the first, with its residual for S itself as the bound. The check
+// is accepted by the same rule as the first run (bound <= tol |theta| at two consecutive
+// steps): a looser one settles before a tight cluster is resolved (measured). A bottom
+// value accepted from plain Lanczos is checked in the same run: it stands only if the
+// check's own bottom Ritz value in the numerical range converges at or above it (minus its
+// bound) within the first run's step count plus kRateWindow; otherwise shift-and-invert,
+// started from the check's bottom Ritz vector, takes over. Cost: one more Krylov run; a
+// warm start does not shorten it (its start must be independent of the first).
+template <typename scalar_t>
+void restart_check(const at::Tensor& W, Plain& p, const Ritz& top_pair, int64_t num_iters,
+                   double tol, double rtol, bool want_bottom) {
+  const int64_t d = W.size(0);
+  const auto y64 = p.u_max.to(at::kDouble).contiguous();
+  const double* y = y64.const_data_ptr<double>();
+  // w = P S P v; v stays orthogonal to y, so only the output is projected.
+  auto project = [y, d](scalar_t* w) {
+    double c = 0;
+    for (int64_t i = 0; i < d; ++i) c += y[i] * w[i];
+    for (int64_t i = 0; i < d; ++i) w[i] = static_cast<scalar_t>(w[i] - c * y[i]);
+  };
+  Lanczos<scalar_t> ck(
+      d, num_iters,
+      [&W, &project](const at::Tensor& v, at::Tensor& w) {
+        at::mv_out(w, W, v);
+        project(w.mutable_data_ptr<scalar_t>());
+      },
+      W.options(), "condnum::lanczos_step");
+  auto start = pseudo_random_unit(d, W.options(), kCheckStream).contiguous();
+  project(start.mutable_data_ptr<scalar_t>());
+  ck.start(start);
+  const bool check_bottom = want_bottom && p.bottom_converged;
+  const double below = p.lam_bottom - p.err_bottom * p.lam_bottom;
+  const int64_t bottom_budget = p.steps + kRateWindow;
+  bool top_decided = false, bottom_decided = !check_bottom, bottom_refuted = false;
+  Acceptance top_ok, bottom_ok;
+  Ritz r, b;
+  r.s.reserve(ck.max_steps());
+  b.s.reserve(ck.max_steps());
+  while (ck.step()) {
+    const int64_t m = ck.size();
+    if (m < kFirstCheck && ck.can_step()) continue;
+    if (!top_decided) {
+      ck.ritz(m - 1, r);
+      top_decided = ck.invariant() || top_ok(r.bound <= tol * std::abs(r.value), m);
+    }
+    if (!bottom_decided) {
+      const int64_t ib = rtol > 0 ? ck.count_below(rtol * r.value) : 0;
+      if (ib < m) {
+        ck.ritz(ib, b);
+        bottom_refuted = b.value < below;
+        bottom_decided = bottom_refuted || ck.invariant() || bottom_ok(b.bound <= tol * b.value, m);
+      }
+      if (!bottom_decided && m >= bottom_budget) bottom_decided = bottom_refuted = true;
+    }
+    if (top_decided && bottom_decided) break;
+  }
+  if (!top_decided) ck.ritz(ck.size() - 1, r);
+  if (r.value > top_pair.value) {  // the more extreme: the first settled on a lower eigenvalue
+    const auto u = ck.ritz_vector(r, at::kDouble);
+    const at::Tensor residual = at::mv(W, u.to(W.scalar_type())).to(at::kDouble) - r.value * u;
+    p.lam_max = r.value;
+    p.u_max = u.to(W.scalar_type());
+    p.err_max = relative(residual.norm().item<double>(), r.value);  // for S itself
+    p.bottom_converged = false;  // its threshold moved: shift-and-invert decides
+  }
+  if (check_bottom && bottom_refuted) {
+    p.bottom_converged = false;
+    if (b.m > 0) {
+      p.u_bottom = ck.ritz_vector(b, W.scalar_type());
+      p.lam_bottom = std::min(p.lam_bottom, b.value);
+    }
+  }
+}
 
 template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
@@ -187,6 +276,10 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
     out.bottom_converged = bottom_converged;
     out.u_bottom = lz.ritz_vector(bottom, W.scalar_type());
   }
+  // The whole space spanned (m = d) leaves nothing to miss; an unconverged top is reported
+  // by err already.
+  if (top_done && lz.size() < d && top.value > 0)
+    restart_check<scalar_t>(W, out, top, num_iters, tol, rtol, want_bottom);
   return out;
 }
 
@@ -223,6 +316,61 @@ at::Tensor shifted64(const at::Tensor& W, double shift) {
   auto A = W.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
   A.diagonal().add_(shift);
   return A;
+}
+
+// The restart check of a shift-and-invert run (restart_check explains it): a second run on
+// P A P, P = I - y y^T, y the accepted Ritz vector, from an independent pseudo-random start,
+// accepted by the first run's rule. When its pair at wanted(check) ends above theta (the
+// more extreme: the first run had settled on a neighbour), returns true with that pair in
+// c, its unit vector in u and, as c.bound, its residual ||A u - theta u|| (one more solve).
+template <typename Wanted, typename Accepted>
+bool deflated_check(const Lanczos<double>::Operator& apply, const Lanczos<double>& lz,
+                    const Ritz& r, int64_t num_iters, Wanted wanted, Accepted accepted, Ritz& c,
+                    at::Tensor& u) {
+  const auto y64 = lz.ritz_vector(r, at::kDouble);
+  const double* y = y64.const_data_ptr<double>();
+  const int64_t d = y64.size(0);
+  auto project = [y, d](double* w) {
+    double a = 0;
+    for (int64_t i = 0; i < d; ++i) a += y[i] * w[i];
+    for (int64_t i = 0; i < d; ++i) w[i] -= a * y[i];
+  };
+  Lanczos<double> ck(
+      d, num_iters,
+      [&apply, &project](const at::Tensor& v, at::Tensor& w) {
+        apply(v, w);
+        project(w.mutable_data_ptr<double>());
+      },
+      y64.options(), "condnum::shift_invert_step");
+  auto start = pseudo_random_unit(d, y64.options(), kCheckStream).contiguous();
+  project(start.mutable_data_ptr<double>());
+  ck.start(start);
+  Acceptance ok;
+  bool found = false;
+  c.s.reserve(ck.max_steps());
+  while (ck.step()) {
+    const int64_t m = ck.size();
+    if (m < kFirstCheck && ck.can_step()) continue;
+    const int64_t i = wanted(ck);
+    if (i < 0) continue;
+    ck.ritz(i, c);
+    found = true;
+    if (ck.invariant() || ok(accepted(ck, c), m)) break;
+  }
+  if (!found || c.value <= r.value) return false;
+  u = ck.ritz_vector(c, at::kDouble);
+  auto au = at::empty_like(u);
+  apply(u, au);
+  c.bound = (au - c.value * u).norm().item<double>();
+  return true;
+}
+
+// out with the restart check's pair: lam, its unit vector and error bound.
+void take_pair(Bottom& out, at::Tensor u, double lam, double err, double tol) {
+  out.lam = lam;
+  out.u = std::move(u);
+  out.err = err;
+  out.converged = err <= tol;
 }
 
 Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
@@ -276,12 +424,16 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
       },
       start.options(), "condnum::shift_invert_step");
   lz.start(start);
-  auto wanted = [&]() -> int64_t { return lz.count_below(mu_threshold) - 1; };
+  auto wanted_in = [&](const Lanczos<double>& z) -> int64_t {
+    return z.count_below(mu_threshold) - 1;
+  };
+  auto wanted = [&]() -> int64_t { return wanted_in(lz); };
   // |d lam| = |d theta| / theta^2
-  auto error = [&](const Ritz& r) {
-    const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
+  auto error_in = [&](const Lanczos<double>& z, const Ritz& r) {
+    const double bound = std::max(z.invariant() ? 0.0 : r.bound, rounding_floor(z));
     return policy::shift_invert_error(bound, r.value, 1.0 / r.value - tau);
   };
+  auto error = [&](const Ritz& r) { return error_in(lz, r); };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
   r.s.reserve(lz.max_steps());
@@ -316,6 +468,17 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, crowded, lz.size()};
   if (i < 0) return out;
   r = lz.ritz(i);
+  if (converged && lz.size() < d) {
+    Ritz c;
+    at::Tensor cu;
+    if (deflated_check(
+            apply, lz, r, num_iters, wanted_in,
+            [&](const Lanczos<double>& z, const Ritz& p) { return error_in(z, p) <= tol; }, c,
+            cu)) {
+      take_pair(out, cu, 1.0 / c.value - tau, error(c), tol);
+      return out;
+    }
+  }
   out.interior = i < lz.size() - 1;
   out.lam = 1.0 / r.value - tau;
   out.u = lz.ritz_vector(r, at::kDouble);
@@ -362,10 +525,11 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
 #endif
   Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
-  auto error = [&](const Ritz& r) {
-    const double bound = std::max(lz.invariant() ? 0.0 : r.bound, rounding_floor(lz));
+  auto error_in = [&](const Lanczos<double>& z, const Ritz& r) {
+    const double bound = std::max(z.invariant() ? 0.0 : r.bound, rounding_floor(z));
     return policy::shift_invert_error(bound, r.value, sigma + 1.0 / r.value);
   };
+  auto error = [&](const Ritz& r) { return error_in(lz, r); };
   auto accurate = [&](const Ritz& r) { return error(r) <= tol; };
   Ritz r;
   r.s.reserve(lz.max_steps());
@@ -383,6 +547,19 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   r = lz.ritz(lz.size() - 1);
   out.steps = lz.size();
   if (r.value <= 0) return out;
+  if (converged && lz.size() < d) {
+    Ritz c;
+    at::Tensor cu;
+    if (deflated_check(
+            apply, lz, r, num_iters, [](const Lanczos<double>& z) { return z.size() - 1; },
+            [&](const Lanczos<double>& z, const Ritz& p) {
+              return p.value > 0 && error_in(z, p) <= tol;
+            },
+            c, cu)) {
+      take_pair(out, cu, sigma + 1.0 / c.value, error(c), tol);
+      return out;
+    }
+  }
   out.lam = sigma + 1.0 / r.value;
   out.u = lz.ritz_vector(r, at::kDouble);
   out.err = error(r);

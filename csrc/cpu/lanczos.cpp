@@ -296,12 +296,12 @@ at::Tensor Lanczos<scalar_t>::ritz_vector(const Ritz& r, at::ScalarType dtype) c
 template class Lanczos<float>;
 template class Lanczos<double>;
 
-at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options) {
+at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options, uint64_t stream) {
   auto v = at::empty({d}, options.dtype(at::kDouble));
   double* p = v.mutable_data_ptr<double>();
   double n = 0;
   for (int64_t i = 0; i < d; ++i) {
-    uint64_t z = static_cast<uint64_t>(i) + 0x9E3779B97F4A7C15ULL;
+    uint64_t z = static_cast<uint64_t>(i) + 0x9E3779B97F4A7C15ULL * (stream + 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     z ^= z >> 31;

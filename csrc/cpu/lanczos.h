@@ -109,7 +109,8 @@ class Lanczos {
 extern template class Lanczos<float>;
 extern template class Lanczos<double>;
 
-// A deterministic pseudo-random unit vector (splitmix64 of the index): no RNG state used.
-at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options);
+// A deterministic pseudo-random unit vector (splitmix64 of index + (stream + 1) * golden
+// gamma): no RNG state used. Streams are independent draws; stream 0 starts every solve.
+at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options, uint64_t stream = 0);
 
 }  // namespace condnum
