@@ -405,24 +405,22 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   const double threshold = rtol * lam_max;
   const double mu_threshold = 1.0 / (threshold + tau);
   const bool detect_crowding = tau <= 8 * threshold;
-  Lanczos<double> lz(
-      d, num_iters,
-      [&U, d](const at::Tensor& v, at::Tensor& w) {
-        w.copy_(v);
+  const Lanczos<double>::Operator apply = [&U, d](const at::Tensor& v, at::Tensor& w) {
+    w.copy_(v);
 #if AT_BUILD_WITH_LAPACK()
-        // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y.
-        double* a = U.mutable_data_ptr<double>();
-        double* x = w.mutable_data_ptr<double>();
-        const int n = static_cast<int>(d);
-        at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, 1, a, n, x, n);
-        at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, 1, a, n, x, n);
+    // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y.
+    double* a = U.mutable_data_ptr<double>();
+    double* x = w.mutable_data_ptr<double>();
+    const int n = static_cast<int>(d);
+    at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, 1, a, n, x, n);
+    at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, 1, a, n, x, n);
 #else
-        auto col = w.unsqueeze(1);
-        at::linalg_solve_triangular_out(col, U.mT(), col, /*upper=*/false);
-        at::linalg_solve_triangular_out(col, U, col, /*upper=*/true);
+    auto col = w.unsqueeze(1);
+    at::linalg_solve_triangular_out(col, U.mT(), col, /*upper=*/false);
+    at::linalg_solve_triangular_out(col, U, col, /*upper=*/true);
 #endif
-      },
-      start.options(), "condnum::shift_invert_step");
+  };
+  Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
   auto wanted_in = [&](const Lanczos<double>& z) -> int64_t {
     return z.count_below(mu_threshold) - 1;
