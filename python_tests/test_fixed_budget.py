@@ -198,3 +198,14 @@ def test_argument_errors(device):
         ops.top_eigh(S, 4, 0.0, torch.ones(4, device=device))
     with pytest.raises(ValueError, match="or 0 for a fixed budget"):
         ops.top_eigh(S, 4, -1.0, None)
+
+
+@pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
+def test_the_native_cpu_kernels_point_to_the_portable_backend(op):
+    """tol = 0 is a mode of the portable path only; the native kernels say where it is."""
+    S = torch.eye(3)
+    with (
+        condnum.backend("native"),
+        pytest.raises(ValueError, match='condnum.backend\\("portable"\\)'),
+    ):
+        getattr(F, op)(S, num_iters=4, tol=0.0)

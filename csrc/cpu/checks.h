@@ -60,6 +60,9 @@ inline void check_vector_for(const at::Tensor& v, const at::Tensor& S, const cha
 // The eigen-solvers' budget and accuracy arguments.
 inline void check_budget(int64_t num_iters, double tol, const char* op) {
   TORCH_CHECK_VALUE(num_iters >= 1, "condnum.", op, ": num_iters must be >= 1, got ", num_iters);
+  TORCH_CHECK_VALUE(tol != 0, "condnum.", op,
+                    ": tol = 0 (a fixed budget of num_iters steps) is a mode of the portable "
+                    "backend: use condnum.backend(\"portable\")");
   TORCH_CHECK_VALUE(tol > 0 && tol < 1, "condnum.", op, ": tol must be in (0, 1), got ", tol);
 }
 
