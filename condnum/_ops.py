@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)
 _FLOAT = (torch.float32, torch.float64)
 ops = torch.ops.condnum
 
 
-def _fail(op: str, msg: str) -> None:
+def fail(op: str, msg: str) -> None:
     raise ValueError(f"condnum.{op}: {msg}")
 
 
-def _check_matrix(t: torch.Tensor, op: str, arg: str, allow_half: bool = False) -> None:
+def check_matrix(t: torch.Tensor, op: str, arg: str, allow_half: bool = False) -> None:
     if t.dim() != 2:
-        _fail(op, f"{arg} must be a 2-D matrix, got a {t.dim()}-D tensor of shape {list(t.shape)}")
+        fail(op, f"{arg} must be a 2-D matrix, got a {t.dim()}-D tensor of shape {list(t.shape)}")
     if t.numel() == 0:
-        _fail(op, f"{arg} must not be empty, got shape {list(t.shape)}")
-    allowed = _FLOAT + _HALF if allow_half else _FLOAT
+        fail(op, f"{arg} must not be empty, got shape {list(t.shape)}")
+    allowed = _FLOAT + HALF if allow_half else _FLOAT
     if t.dtype not in allowed:
         names = "float16, bfloat16, float32 or float64" if allow_half else "float32 or float64"
-        _fail(op, f"{arg} must be {names}, got {t.dtype}")
+        fail(op, f"{arg} must be {names}, got {t.dtype}")
 
 
-def _check_square(S: torch.Tensor, op: str, arg: str = "S") -> None:
-    _check_matrix(S, op, arg)
+def check_square(S: torch.Tensor, op: str, arg: str = "S") -> None:
+    check_matrix(S, op, arg)
     if S.shape[0] != S.shape[1]:
-        _fail(op, f"{arg} must be square, got shape {list(S.shape)}")
+        fail(op, f"{arg} must be square, got shape {list(S.shape)}")
 
 
 def resolve_k(S: torch.Tensor, k: int | None, op: str) -> int:
@@ -48,33 +48,33 @@ def resolve_k(S: torch.Tensor, k: int | None, op: str) -> int:
 
 def _check_same(a: torch.Tensor, b: torch.Tensor, op: str, arg_a: str, arg_b: str) -> None:
     if a.device != b.device:
-        _fail(op, f"{arg_a} and {arg_b} must be on the same device, got {a.device} and {b.device}")
+        fail(op, f"{arg_a} and {arg_b} must be on the same device, got {a.device} and {b.device}")
     if a.dtype != b.dtype:
-        _fail(op, f"{arg_a} and {arg_b} must have the same dtype, got {a.dtype} and {b.dtype}")
+        fail(op, f"{arg_a} and {arg_b} must have the same dtype, got {a.dtype} and {b.dtype}")
 
 
-def _check_vector_for(v: torch.Tensor | None, S: torch.Tensor, op: str, arg: str) -> None:
+def check_vector_for(v: torch.Tensor | None, S: torch.Tensor, op: str, arg: str) -> None:
     if v is None:
         return
     if v.dim() != 1 or v.shape[0] != S.shape[0]:
-        _fail(op, f"{arg} must have shape ({S.shape[0]},), got {list(v.shape)}")
+        fail(op, f"{arg} must have shape ({S.shape[0]},), got {list(v.shape)}")
     _check_same(v, S, op, arg, "S")
 
 
-def _check_budget(num_iters: int, tol: float, op: str) -> None:
+def check_budget(num_iters: int, tol: float, op: str) -> None:
     if not num_iters >= 1:
-        _fail(op, f"num_iters must be >= 1, got {num_iters}")
+        fail(op, f"num_iters must be >= 1, got {num_iters}")
     if not (tol >= 0 and tol < 1):
-        _fail(op, f"tol must be in (0, 1), or 0 for a fixed budget of num_iters steps, got {tol}")
+        fail(op, f"tol must be in (0, 1), or 0 for a fixed budget of num_iters steps, got {tol}")
 
 
-def _check_spectral_operands(S, lam, u, k, op: str, lam_arg: str, u_arg: str) -> None:
-    _check_square(S, op)
+def check_spectral_operands(S, lam, u, k, op: str, lam_arg: str, u_arg: str) -> None:
+    check_square(S, op)
     if not k > 0:
-        _fail(op, f"k must be positive, got {k}")
+        fail(op, f"k must be positive, got {k}")
     if lam.dim() != 0:
-        _fail(op, f"{lam_arg} must be 0-dim, got shape {list(lam.shape)}")
-    _check_vector_for(u, S, op, u_arg)
+        fail(op, f"{lam_arg} must be 0-dim, got shape {list(lam.shape)}")
+    check_vector_for(u, S, op, u_arg)
     _check_same(S, lam, op, "S", lam_arg)
 
 
@@ -83,17 +83,17 @@ def _check_spectral_operands(S, lam, u, k, op: str, lam_arg: str, u_arg: str) ->
 
 @torch.library.register_fake("condnum::gram")
 def _gram_fake(Z):
-    _check_matrix(Z, "gram", "Z", allow_half=True)
-    dtype = torch.float32 if Z.dtype in _HALF else Z.dtype
+    check_matrix(Z, "gram", "Z", allow_half=True)
+    dtype = torch.float32 if Z.dtype in HALF else Z.dtype
     return Z.new_empty((Z.shape[1], Z.shape[1]), dtype=dtype)
 
 
-def _check_covariance(theta: torch.Tensor, K: torch.Tensor) -> None:
-    _check_matrix(theta, "covariance", "theta")
-    _check_square(K, "covariance", "K")
+def check_covariance(theta: torch.Tensor, K: torch.Tensor) -> None:
+    check_matrix(theta, "covariance", "theta")
+    check_square(K, "covariance", "K")
     _check_same(theta, K, "covariance", "theta", "K")
     if K.shape[0] != theta.shape[0]:
-        _fail(
+        fail(
             "covariance",
             f"K must be (D, D) for theta of shape (D, d), got K {list(K.shape)} and theta "
             f"{list(theta.shape)}",
@@ -102,18 +102,18 @@ def _check_covariance(theta: torch.Tensor, K: torch.Tensor) -> None:
 
 @torch.library.register_fake("condnum::covariance")
 def _covariance_fake(theta, K):
-    _check_covariance(theta, K)
+    check_covariance(theta, K)
     return theta.new_empty((theta.shape[1], theta.shape[1]))
 
 
 @torch.library.register_fake("condnum::extreme_eigh")
 def _extreme_eigh_fake(S, num_iters, rtol, tol, v0_min, v0_max):
-    _check_square(S, "extreme_eigh")
-    _check_budget(num_iters, tol, "extreme_eigh")
+    check_square(S, "extreme_eigh")
+    check_budget(num_iters, tol, "extreme_eigh")
     if not (rtol >= 0 and rtol < 1):
-        _fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol}")
-    _check_vector_for(v0_max, S, "extreme_eigh", "v0_max")
-    _check_vector_for(v0_min, S, "extreme_eigh", "v0_min")
+        fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol}")
+    check_vector_for(v0_max, S, "extreme_eigh", "v0_max")
+    check_vector_for(v0_min, S, "extreme_eigh", "v0_min")
     d = S.shape[0]
     err = S.new_empty((), dtype=torch.float64)
     return S.new_empty(()), S.new_empty(()), S.new_empty((d,)), S.new_empty((d,)), err
@@ -121,33 +121,33 @@ def _extreme_eigh_fake(S, num_iters, rtol, tol, v0_min, v0_max):
 
 @torch.library.register_fake("condnum::top_eigh")
 def _top_eigh_fake(S, num_iters, tol, v0):
-    _check_square(S, "top_eigh")
-    _check_budget(num_iters, tol, "top_eigh")
-    _check_vector_for(v0, S, "top_eigh", "v0")
+    check_square(S, "top_eigh")
+    check_budget(num_iters, tol, "top_eigh")
+    check_vector_for(v0, S, "top_eigh", "v0")
     return S.new_empty(()), S.new_empty((S.shape[0],)), S.new_empty((), dtype=torch.float64)
 
 
 @torch.library.register_fake("condnum::r_ill")
 def _r_ill_fake(S, lam_min, u_min, k):
-    _check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min")
+    check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min")
     return S.new_empty(())
 
 
 @torch.library.register_fake("condnum::r_well")
 def _r_well_fake(S, lam_max, u_max, k):
-    _check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max")
+    check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max")
     return S.new_empty(())
 
 
 @torch.library.register_fake("condnum::_r_ill_backward")
 def _r_ill_backward_fake(grad, S, r, lam_min, u_min, k):
-    _check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min")
+    check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min")
     return torch.empty_like(S)
 
 
 @torch.library.register_fake("condnum::_r_well_backward")
 def _r_well_backward_fake(grad, S, lam_max, u_max, k):
-    _check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max")
+    check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max")
     return torch.empty_like(S)
 
 

@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from condnum._ops import _check_square, ops, resolve_k
+from condnum._ops import check_square, ops, resolve_k
 from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
 
 __all__ = [
@@ -113,7 +113,7 @@ def extreme_eigh(
     Cost: O(m d^2) Lanczos, plus d^3/3 for the Cholesky when the bottom end needs it.
     """
     S = _as_float(S)
-    _check_square(S, "extreme_eigh")
+    check_square(S, "extreme_eigh")
     num_iters, tol = _budget(S, num_iters, tol)
     rtol = dtype_rtol(S) if rtol is None else rtol
     *result, err = ops.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
@@ -130,7 +130,7 @@ def top_eigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top eigenpair ``(lam_max, u_max)`` of a symmetric PSD ``S`` by Lanczos (see extreme_eigh)."""
     S = _as_float(S)
-    _check_square(S, "top_eigh")
+    check_square(S, "top_eigh")
     num_iters, tol = _budget(S, num_iters, tol)
     lam_max, u_max, err = ops.top_eigh(S, num_iters, tol, v0)
     _check_converged(err, tol, "top_eigh", num_iters)
@@ -195,7 +195,7 @@ def floored_min(
     Cost: :func:`extreme_eigh` plus one float64 Cholesky (``d^3 / 3``) to test the floor.
     """
     S = _as_float(S).detach()
-    _check_square(S, "floored_min")
+    check_square(S, "floored_min")
     num_iters, tol = _budget(S, num_iters, tol)
     rtol = dtype_rtol(S) if rtol is None else rtol
     # The solve looks down to half the floor, so that an eigenvalue the Cholesky test puts
@@ -237,7 +237,7 @@ def r_ill(
     ``D`` is floored at ``64 eps ||S||_F^2 / (2k)`` (``kappa = 1`` gives that finite, large
     value, not ``+inf``). Differentiable w.r.t. ``S``: ``(sigma_min u u^T - S/k) / D^2``.
     """
-    _check_square(S, "r_ill")
+    check_square(S, "r_ill")
     k = resolve_k(S, k, "r_ill")
     if edge == "floor":
         m = floored_min(S, rtol, num_iters=num_iters, tol=tol)
@@ -261,7 +261,7 @@ def r_well(
     ``S``: ``sigma_max v v^T - S/k``; at a repeated sigma_max any unit ``v`` of the
     eigenspace is a valid subgradient.
     """
-    _check_square(S, "r_well")
+    check_square(S, "r_well")
     k = resolve_k(S, k, "r_well")
     lam_max, u_max = top_eigh(S.detach(), num_iters=num_iters, tol=tol)
     return ops.r_well(S, lam_max, u_max, k)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from condnum import functional as F
-from condnum._ops import _check_square, ops, resolve_k
+from condnum._ops import check_square, ops, resolve_k
 from condnum.defaults import dtype_rtol
 from condnum.distributed import all_reduce_gram
 
@@ -110,7 +110,7 @@ class _SpectralRegularizer(nn.Module):
                 f"condnum.{name}: expected a non-empty input, got shape {list(Z.shape)}"
             )
         if self.input == "gram":
-            _check_square(Z, name)
+            check_square(Z, name)
         if float64:
             Z = Z.double()
         if self.input == "gram":

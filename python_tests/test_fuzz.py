@@ -929,6 +929,8 @@ def _to_meta(args):
 
 #: CPU errors that depend on values, which the meta device does not have.
 VALUE_ERRORS = r"NaN or Inf|symmetric|positive semi-definite|finite and nonzero|1/D is \+inf"
+#: tol = 0 is valid on the portable backend only; the fake kernels serve every backend.
+BACKEND_ERROR = "a mode of the portable backend"
 
 
 @fuzz_settings(300)
@@ -951,6 +953,8 @@ def test_raw_ops_fake_kernels_agree_with_the_cpu(call):
         meta_error = str(err)
     else:
         meta_error = None
+    if cpu_error is not None and BACKEND_ERROR in cpu_error:
+        return
     if cpu_error is None or re.search(VALUE_ERRORS, cpu_error):
         assert meta_error is None, meta_error
         if cpu_error is None:

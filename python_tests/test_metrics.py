@@ -125,8 +125,6 @@ def test_condnum_backend_agrees_with_eigvalsh():
         assert kappa(S, backend="condnum") == pytest.approx(kappa(S, backend="eigvalsh"), rel=1e-4)
 
 
-
-
 # ------------------------------------------------------------------ Hessians
 
 

@@ -41,9 +41,10 @@ def test_values_match_reference(d, log_kappa, seed, dtype, k_offset, device):
     assert rel_err(F.r_well(Sd, k).item(), ref_well) <= VALUE_RTOL[dtype] * max(
         1.0, abs(ref_well) ** -1
     )
-    assert rel_err(
-        F.r_ill(Sd, k, rtol).item(), reference.r_ill(S.double(), k, rtol).item()
-    ) <= VALUE_RTOL[dtype]
+    assert (
+        rel_err(F.r_ill(Sd, k, rtol).item(), reference.r_ill(S.double(), k, rtol).item())
+        <= VALUE_RTOL[dtype]
+    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from condnum import _policy
-from condnum._ops import _check_square, _check_vector_for, _fail
+from condnum._ops import check_square, check_vector_for, fail
 
 
 def symmetrized(
@@ -24,10 +24,10 @@ def symmetrized(
 
     One host copy: (finite, max|S|, max|S - S^T|, the vectors' norms).
     """
-    _check_square(S, op, arg)
+    check_square(S, op, arg)
     vectors = vectors or {}
     for name, v in vectors.items():
-        _check_vector_for(v, S, op, name)
+        check_vector_for(v, S, op, name)
     Sc = S.contiguous()  # the results do not depend on S's layout
     asym = (Sc - Sc.mT).abs().amax()
     given = {name: v for name, v in vectors.items() if v is not None}
@@ -37,13 +37,13 @@ def symmetrized(
     units: dict[str, torch.Tensor | None] = dict.fromkeys(vectors)
     for (name, v), n in zip(given.items(), norms, strict=True):
         if not (math.isfinite(n) and n > 0):
-            _fail(op, f"{name} must be finite and nonzero, got norm {n:g}")
+            fail(op, f"{name} must be finite and nonzero, got norm {n:g}")
         units[name] = v / n
     if not finite:
-        _fail(op, f"{arg} contains NaN or Inf")
+        fail(op, f"{arg} contains NaN or Inf")
     rtol = _policy.SYMMETRY_RTOL[S.dtype]
     if not max_asym <= rtol * max_abs:
-        _fail(
+        fail(
             op,
             f"{arg} must be symmetric, got max|S - S^T| = {max_asym:g} > {rtol:g} * max|S| = "
             f"{rtol * max_abs:g}",

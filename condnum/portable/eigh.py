@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from condnum import _policy
-from condnum._ops import _check_budget, _check_square, _fail
+from condnum._ops import check_budget, check_square, fail
 from condnum.portable.checks import range_scale, symmetrized
 from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, pseudo_random_unit
 from condnum.portable.shift_invert import shift_invert_bottom
@@ -48,7 +48,7 @@ def _shift_invert_cost(d: int, dtype: torch.dtype) -> float:
     return (chol + 40 * 1.3) * (1.8 if dtype == torch.float32 else 1.0)
 
 
-def _start_vector(a, b, random: torch.Tensor) -> torch.Tensor:
+def start_vector(a, b, random: torch.Tensor) -> torch.Tensor:
     """The normalised warm starts plus a pseudo-random component, so that no eigenvector is
     missed when a warm start is orthogonal to it."""
     if a is None and b is None:
@@ -60,7 +60,7 @@ def _start_vector(a, b, random: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _with_sign_convention(u: torch.Tensor) -> torch.Tensor:
+def with_sign_convention(u: torch.Tensor) -> torch.Tensor:
     i = u.abs().argmax()
     return torch.where(u[i] < 0, -u, u)
 
@@ -140,7 +140,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         top = final
     lowest = lz.value(0)
     if lowest < -_policy.indefinite_floor(W.dtype) * abs(top.value):  # Ritz values lie inside
-        _fail(
+        fail(
             op,
             f"S must be positive semi-definite, but it has an eigenvalue {lowest:g} < 0 "
             f"(lam_max = {top.value:g})",
@@ -221,8 +221,8 @@ def _restart_check(W, p: Plain, top: Ritz, steps, num_iters, tol, rtol, want_bot
 
 def _prepare(S, num_iters, tol, op, vectors):
     """(W, scale, units, random): S = scale * W, checked, symmetrised and in range."""
-    _check_square(S, op)
-    _check_budget(num_iters, tol, op)
+    check_square(S, op)
+    check_budget(num_iters, tol, op)
     W, max_abs, units = symmetrized(S, op, "S", vectors)
     scale = range_scale(max_abs, S.dtype)
     if scale != 1.0:
@@ -237,23 +237,23 @@ def _err(value: float, S: torch.Tensor) -> torch.Tensor:
 def top_eigh(S, num_iters: int, tol: float, v0):
     """(lam_max, u_max, err) of a symmetric PSD S."""
     W, scale, units, random = _prepare(S, num_iters, tol, "top_eigh", {"v0": v0})
-    p = _plain(W, _start_vector(units["v0"], None, random), num_iters, tol, 0.0, False, "top_eigh")
+    p = _plain(W, start_vector(units["v0"], None, random), num_iters, tol, 0.0, False, "top_eigh")
     lam = torch.tensor(p.lam_max * scale, dtype=S.dtype, device=S.device)
-    return lam, _with_sign_convention(p.u_max), _err(p.err_max, S)
+    return lam, with_sign_convention(p.u_max), _err(p.err_max, S)
 
 
 def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
     """(lam_min, lam_max, u_min, u_max, err) of a symmetric PSD S."""
     if not (rtol >= 0 and rtol < 1):
-        _check_square(S, "extreme_eigh")  # the CPU kernel's order of checks
-        _check_budget(num_iters, tol, "extreme_eigh")
-        _fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol:g}")
+        check_square(S, "extreme_eigh")  # the CPU kernel's order of checks
+        check_budget(num_iters, tol, "extreme_eigh")
+        fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol:g}")
     vectors = {"v0_max": v0_max, "v0_min": v0_min}
     W, scale, units, random = _prepare(S, num_iters, tol, "extreme_eigh", vectors)
     a, b = units["v0_max"], units["v0_min"]
     # 1. Both ends from one Krylov space of S.
-    p = _plain(W, _start_vector(a, b, random), num_iters, tol, rtol, True, "extreme_eigh")
-    u_max = _with_sign_convention(p.u_max)
+    p = _plain(W, start_vector(a, b, random), num_iters, tol, rtol, True, "extreme_eigh")
+    u_max = with_sign_convention(p.u_max)
     if p.lam_max <= 0:  # S == 0: every unit vector is an eigenvector of eigenvalue 0
         zero = torch.zeros((), dtype=S.dtype, device=S.device)
         return zero, zero.clone(), u_max.clone(), u_max, _err(0.0, S)
@@ -262,14 +262,14 @@ def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
         lam_min, u_min, err_min = p.lam_bottom, p.u_bottom, p.err_bottom
     else:
         # Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors).
-        start = _start_vector(b, None, random) if b is not None else p.u_bottom + random * 0.1
+        start = start_vector(b, None, random) if b is not None else p.u_bottom + random * 0.1
         r = shift_invert_bottom(W, p.lam_max, rtol, tol, num_iters, start, p.lowest, p.lam_bottom)
         lam_min, u_min, err_min = r.lam, r.u.to(S.dtype), r.err
     lams = torch.tensor([lam_min * scale, p.lam_max * scale], dtype=S.dtype, device=S.device)
     return (
         lams[0].clone(),
         lams[1].clone(),
-        _with_sign_convention(u_min),
+        with_sign_convention(u_min),
         u_max,
         _err(max(err_min, p.err_max), S),
     )

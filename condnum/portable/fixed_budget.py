@@ -34,8 +34,8 @@ from functools import lru_cache
 import torch
 
 from condnum import _policy
-from condnum._ops import _check_budget, _check_square, _check_vector_for, _fail
-from condnum.portable.eigh import _start_vector, _with_sign_convention
+from condnum._ops import check_budget, check_square, check_vector_for, fail
+from condnum.portable.eigh import start_vector, with_sign_convention
 from condnum.portable.lanczos import orthogonalised_step, pseudo_random_unit
 
 
@@ -95,7 +95,7 @@ def _ritz_pair(V, values, vectors, i, beta_m, dtype):
     theta = values.gather(0, i.reshape(1))[0]
     s = vectors.index_select(1, i.reshape(1))[:, 0]
     y = s @ V.double()
-    y = _with_sign_convention(y / torch.linalg.vector_norm(y))
+    y = with_sign_convention(y / torch.linalg.vector_norm(y))
     bound = beta_m * s[-1].abs()
     return theta, y.to(dtype), torch.where(bound == 0, 0.0, bound / theta.abs())
 
@@ -107,7 +107,7 @@ class _Run:
         d = S.shape[0]
         W, self.p = _symmetrised_in_range(S.contiguous())
         starts = [_unit_or_zero(v) for v in v0s]
-        start = _start_vector(*starts, _random_start(d, W.dtype, W.device))
+        start = start_vector(*starts, _random_start(d, W.dtype, W.device))
         self.m = max(1, min(num_iters, d))
         self.V, T, self.beta_m = _lanczos(W, start, self.m)
         self.values, self.vectors = torch.linalg.eigh(T)
@@ -123,12 +123,15 @@ class _Run:
         return (lam * self.p).to(self.dtype)
 
 
-def _check(S, num_iters: int, op: str, vectors: dict) -> None:
-    """The argument checks that need no tensor value (shapes, dtypes, devices, budget)."""
-    _check_square(S, op)
-    _check_budget(num_iters, 0.0, op)
+def _check(S, num_iters: int, op: str, vectors: dict, rtol: float = 0.0) -> None:
+    """The argument checks that need no tensor value (shapes, dtypes, devices, budget), in
+    the fake kernels' order."""
+    check_square(S, op)
+    check_budget(num_iters, 0.0, op)
+    if not (rtol >= 0 and rtol < 1):
+        fail(op, f"rtol must be in [0, 1), got {rtol:g}")
     for name, v in vectors.items():
-        _check_vector_for(v, S, op, name)
+        check_vector_for(v, S, op, name)
 
 
 def top_eigh(S, num_iters: int, v0):
@@ -141,9 +144,7 @@ def top_eigh(S, num_iters: int, v0):
 
 def extreme_eigh(S, num_iters: int, rtol: float, v0_min, v0_max):
     """(lam_min, lam_max, u_min, u_max, err) after exactly min(num_iters, d) Lanczos steps."""
-    _check(S, num_iters, "extreme_eigh", {"v0_max": v0_max, "v0_min": v0_min})
-    if not (rtol >= 0 and rtol < 1):
-        _fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol:g}")
+    _check(S, num_iters, "extreme_eigh", {"v0_max": v0_max, "v0_min": v0_min}, rtol)
     run = _Run(S, num_iters, [v0_max, v0_min])
     lam_max, u_max, err_max = run.top()
     # the smallest Ritz value above the threshold (a breakdown's zeros never are)

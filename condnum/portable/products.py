@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from condnum._ops import _HALF, _check_covariance, _check_matrix
+from condnum._ops import HALF, check_covariance, check_matrix
 from condnum.portable.checks import symmetrized
 
 
@@ -21,14 +21,14 @@ def _mirror_upper(S: torch.Tensor) -> torch.Tensor:
 
 
 def gram(Z: torch.Tensor) -> torch.Tensor:
-    _check_matrix(Z, "gram", "Z", allow_half=True)
+    check_matrix(Z, "gram", "Z", allow_half=True)
     # contiguous, so that the last bits of S do not depend on Z's layout
-    Zf = (Z.float() if Z.dtype in _HALF else Z).contiguous()
+    Zf = (Z.float() if Z.dtype in HALF else Z).contiguous()
     return _mirror_upper(Zf.mT @ Zf)
 
 
 def covariance(theta: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    _check_covariance(theta, K)
+    check_covariance(theta, K)
     Ks, _, _ = symmetrized(K, "covariance", "K")
     t = theta.contiguous()
     return _mirror_upper(t.mT @ (Ks @ t))

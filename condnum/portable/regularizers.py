@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 
 from condnum import _policy
-from condnum._ops import _check_spectral_operands, _fail
+from condnum._ops import check_spectral_operands, fail
 from condnum.portable.checks import squared_norm
 
 
 def _checked_squared_norm(S: torch.Tensor, op: str):
     scale, total, finite = squared_norm(S)
     if not finite.item():
-        _fail(op, "S contains NaN or Inf")
+        fail(op, "S contains NaN or Inf")
     return scale, total
 
 
@@ -33,19 +33,19 @@ def _rank_one_plus_scaled(S, u, a, b, c) -> torch.Tensor:
 
 
 def r_well(S, lam_max, u_max, k: int) -> torch.Tensor:
-    _check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max")
+    check_spectral_operands(S, lam_max, u_max, k, "r_well", "lam_max", "u_max")
     scale, total = _checked_squared_norm(S, "r_well")
     lam = lam_max.double() / scale
     return ((0.5 * lam * lam - total / (2.0 * k)) * scale * scale).to(S.dtype)
 
 
 def r_well_backward(grad, S, lam_max, u_max, k: int) -> torch.Tensor:
-    _check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max")
+    check_spectral_operands(S, lam_max, u_max, k, "_r_well_backward", "lam_max", "u_max")
     return _rank_one_plus_scaled(S, u_max, grad.double(), lam_max.double(), -1.0 / k)
 
 
 def r_ill(S, lam_min, u_min, k: int) -> torch.Tensor:
-    _check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min")
+    check_spectral_operands(S, lam_min, u_min, k, "r_ill", "lam_min", "u_min")
     scale, total = _checked_squared_norm(S, "r_ill")
     lam = lam_min.double() / scale
     half_mean_sq = total / (2.0 * k)
@@ -57,7 +57,7 @@ def r_ill(S, lam_min, u_min, k: int) -> torch.Tensor:
 def r_ill_backward(grad, S, r, lam_min, u_min, k: int) -> torch.Tensor:
     """grad R (R lam u u^T - (R / k) S): R^2 alone may overflow where the gradient does not.
     A zero grad gives zeros, even where R = +inf (S = 0): no push, not NaN."""
-    _check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min")
+    check_spectral_operands(S, lam_min, u_min, k, "_r_ill_backward", "lam_min", "u_min")
     rv, g = r.double(), grad.double()
     out = _rank_one_plus_scaled(S, u_min, g * rv, rv * lam_min.double(), -rv / k)
     return torch.where(g == 0, torch.zeros_like(out), out)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from condnum import _policy
-from condnum._ops import _fail
+from condnum._ops import fail
 from condnum.portable.lanczos import (
     Acceptance,
     Lanczos,
@@ -97,7 +97,7 @@ def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
         if info.item() == 0:
             return L, tau
         if not tau < max_tau:
-            _fail(
+            fail(
                 "extreme_eigh",
                 "S must be positive semi-definite, but the Cholesky factorisation of "
                 f"S + tau*I failed for tau up to {tau:g} (lam_max = {lam_max:g})",
@@ -227,9 +227,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     return out
 
 
-def _from_pair(
-    out: Bottom, c: Ritz, u: torch.Tensor, lam: float, err: float, tol: float
-) -> Bottom:
+def _from_pair(out: Bottom, c: Ritz, u: torch.Tensor, lam: float, err: float, tol: float) -> Bottom:
     """``out`` with the restart check's pair: lam, its unit vector u and error bound."""
     out.lam = lam
     out.u = u
@@ -292,7 +290,7 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
         if math.isnan(out.lam) or chol.converged or chol.err < out.err:
             out = chol
     if math.isnan(out.lam):
-        _fail(
+        fail(
             "extreme_eigh",
             f"found no eigenvalue above rtol * lam_max (rtol = {rtol:g}) in {out.steps} "
             "shift-and-invert Lanczos steps: S is numerically zero, rtol is too large, or "
