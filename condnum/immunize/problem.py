@@ -14,7 +14,7 @@ import torch
 __all__ = ["LinearProblem", "initial_theta", "whitening"]
 
 
-def _check_rows(name: str, X: torch.Tensor) -> torch.Tensor:
+def check_rows(name: str, X: torch.Tensor) -> torch.Tensor:
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -43,7 +43,7 @@ class LinearProblem:
         cls, X_P: torch.Tensor, X_H: torch.Tensor, y_P: torch.Tensor | None = None
     ) -> LinearProblem:
         """Check shapes and values; raises ``ValueError`` naming the offending argument."""
-        X_P, X_H = _check_rows("X_P", X_P), _check_rows("X_H", X_H)
+        X_P, X_H = check_rows("X_P", X_P), check_rows("X_H", X_H)
         if X_P.shape[1] != X_H.shape[1]:
             raise ValueError(
                 f"X_P and X_H must have the same number of columns D_in, got {X_P.shape[1]} "

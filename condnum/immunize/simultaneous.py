@@ -30,18 +30,10 @@ import torch
 
 from condnum.immunize.algorithm1 import initial_head
 from condnum.immunize.harden import random_orthogonal
+from condnum.immunize.problem import check_rows
 from condnum.immunize.result import LinearImmunization
 
 __all__ = ["simultaneous_diagonalization"]
-
-
-def _check(name: str, X: torch.Tensor) -> torch.Tensor:
-    if not isinstance(X, torch.Tensor) or X.ndim != 2 or X.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty (N, D) matrix, got "
-                         f"{getattr(X, 'shape', type(X).__name__)}")  # fmt: skip
-    if not X.is_floating_point() or not bool(torch.isfinite(X).all()):
-        raise ValueError(f"{name} must be floating point without NaN or Inf")
-    return X.detach().double()
 
 
 def simultaneous_diagonalization(
@@ -68,7 +60,7 @@ def simultaneous_diagonalization(
     Raises:
         ValueError: bad shapes, NaN/Inf, ``rtol <= 0``, a zero ``X_P``.
     """
-    XP, XH = _check("X_P", X_P), _check("X_H", X_H)
+    XP, XH = check_rows("X_P", X_P), check_rows("X_H", X_H)
     if XP.shape[1] != XH.shape[1]:
         raise ValueError(f"X_P has {XP.shape[1]} features, X_H {XH.shape[1]}")
     if not rtol > 0:
