@@ -9,7 +9,10 @@ On the CPU, the `ours` rows also give the cost of one solver step over the same 
 through torch's BLAS/LAPACK, measured in the same run (bench/_steps.py): `lz_step` for a
 Lanczos step on S (product plus reorthogonalisation), `si_step` for a shift-and-invert
 step (two triangular solves plus reorthogonalisation); `-` where the solve took no such
-step.
+step. The `ours` and `ours_top` rows give the solve's `steps` (all kinds, per call) and
+`step_floor`: eigvalsh's time over the time of those steps alone (each at the faster of
+our and torch's step time), the largest speed-up that step count allows on this machine
+(the factorisations and convergence checks counted free).
 
 Methods:
   ours       extreme_eigh cold (fixed pseudo-random start);
@@ -109,12 +112,18 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     return out
 
 
-def step_columns(steps: dict[str, dict[str, float]]) -> dict[str, float]:
-    """lz_step / si_step: our step time over torch's for the same work (nan: no such step)."""
-    return {
+def step_columns(steps: dict, base_ms: float) -> dict[str, float]:
+    """lz_step / si_step: our step time over torch's for the same work (nan: no such step);
+    steps per solve and step_floor = base_ms over the time of those steps alone."""
+    if not steps:
+        return {}
+    cols = {
         col: steps[kind]["ratio"] if kind in steps else math.nan
         for col, kind in (("lz_step", "lanczos"), ("si_step", "shift_invert"))
     }
+    cols["steps"] = sum(steps[k]["steps"] for k in ("lanczos", "shift_invert") if k in steps)
+    cols["step_floor"] = base_ms / steps["floor_ms"] if steps["floor_ms"] > 0 else math.nan
+    return cols
 
 
 def main() -> None:
@@ -155,6 +164,8 @@ def main() -> None:
             "target",
             "lz_step",
             "si_step",
+            "steps",
+            "step_floor",
         ],
         env,
         key=["d", "dtype", "spectrum", "kappa", "method"],
@@ -169,9 +180,11 @@ def main() -> None:
                 ref_min, ref_max = reference.float64_extremes(S, rtol)
                 tol = TARGET_TOL[dtype] if args.tol == "target" else None
                 base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023
-                steps = {}
-                if "ours" in args.methods and device.type == "cpu":
-                    steps = _steps.step_costs(S, rtol, tol)
+                steps = {}  # method -> step costs of its solve (CPU only)
+                if device.type == "cpu":
+                    for method, op in (("ours", "extreme_eigh"), ("ours_top", "top_eigh")):
+                        if method in args.methods:
+                            steps[method] = _steps.step_costs(S, rtol, tol, op)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # unconverged solvers report via err
                     for name, (fn, extract) in runners(S, rtol, tol, args.methods).items():
@@ -193,7 +206,7 @@ def main() -> None:
                             err_min=e_min,
                             err_max=e_max,
                             target="met" if ok else "-",
-                            **(step_columns(steps) if name == "ours" else {}),
+                            **step_columns(steps.get(name, {}), base),
                         )
     table.save(args.name)
 
