@@ -11,8 +11,9 @@ Lanczos step on S (product plus reorthogonalisation), `si_step` for a shift-and-
 step (two triangular solves plus reorthogonalisation); `-` where the solve took no such
 step. The `ours` and `ours_top` rows give the solve's `steps` (all kinds, per call) and
 `step_floor`: eigvalsh's time over the time of those steps alone (each at the faster of
-our and torch's step time), the largest speed-up that step count allows on this machine
-(the factorisations and convergence checks counted free).
+our and torch's step time, plus one float64 Cholesky where it takes shift-and-invert
+steps), the largest speed-up that step count allows on this machine (convergence checks
+and further factorisations counted free).
 
 Methods:
   ours       extreme_eigh cold (fixed pseudo-random start);
