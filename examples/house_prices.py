@@ -1,6 +1,6 @@
 """Reproduce Table 1 (House Prices, linear) and Figure 1 of Zheng et al. (ICML 2025).
 
-    python examples/house_prices.py                 # full: 5 seeds x 7 methods, 300 steps
+    python examples/house_prices.py                 # full: 5 seeds x 8 methods, 300 steps
     python examples/house_prices.py --quick         # 1 seed, 60 steps (about a minute)
 
 Primary task D_P: rows with MSZoning != RL (target LotArea); harmful D_H: MSZoning == RL
@@ -41,6 +41,7 @@ BESIDE = {
     "ours: Algorithm 1, balanced (θ₀ = I)": "paper's method",
     "ours: whitening θ₀ + balanced Algorithm 1": "paper's method",
     "hardened (default): the above + orthogonal mix": "paper's method",
+    "simultaneous diagonalization + orthogonal mix": "paper's method",
 }
 
 

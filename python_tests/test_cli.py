@@ -57,12 +57,14 @@ def test_python_dash_m_help():
 def test_immunize_house_prices(data_dir, tmp_path):
     csv = data_dir / "house_prices" / "train.csv"
     argv = ["immunize", "house-prices", "--data", str(csv), "--out", str(tmp_path)]
-    assert main([*argv, "--steps", "20", "--seed", "3", "--budget", "300"]) == 0
+    assert main([*argv, "--seed", "3", "--budget", "300"]) == 0
     theta, bias = load_extractor(tmp_path / "extractor.pt")
     assert theta.shape == (79, 79) and bias is None
     res = json.loads((tmp_path / "results.json").read_text())
     assert {"i", "ii", "rir", "primary", "settings", "rules"} <= res.keys()
-    assert res["seed"] == 3 and res["settings"]["steps"] == 20
+    # the default is the closed-form simultaneous diagonalization, rotated with the seed
+    assert res["seed"] == 3 and res["settings"]["method"] == "simultaneous diagonalization"
+    assert res["settings"]["seed"] == 3
     assert set(res["rules"]) == {"paper", "relative"}
     assert res["primary"]["test_loss_ratio"] <= 1.1
     assert (tmp_path / "norm_ratio.png").exists()

@@ -35,6 +35,13 @@ def two_sets(n: int = 150, d: int = 10, seed: int = 0):
     return X_P, X_H, X_P @ torch.randn(d, generator=g, dtype=F64)
 
 
+def small_digits():
+    """A small stand-in for MNIST: 400 'images' of 16 'pixels', 10 digits."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(400) % 10
+    return torch.randn(400, 16, generator=g, dtype=F64) + labels[:, None].double(), labels
+
+
 def test_harden_choices_and_bad_input():
     res = LinearImmunization(torch.eye(4, dtype=F64), omega=torch.ones(4, dtype=F64),
                              intercept=torch.tensor(0.0, dtype=F64))  # fmt: skip
@@ -65,10 +72,8 @@ def test_digits_default_is_hardened_with_the_same_kappas_and_accuracy(digit_runs
 
 
 def test_mnist_pair_hardening_on_small_images():
-    """run_mnist_pair on a small stand-in for MNIST (16 'pixels', 10 digits)."""
-    g = torch.Generator().manual_seed(1)
-    labels = torch.arange(400) % 10
-    images = torch.randn(400, 16, generator=g, dtype=F64) + labels[:, None].double()
+    """run_mnist_pair on :func:`small_digits`."""
+    images, labels = small_digits()
     out = {h: runs.run_mnist_pair(images, labels, 3, 8, steps=3, hardening=h, seed=2,
                                   backend="reference") for h in HARDENINGS}  # fmt: skip
     mixed, plain = out["orthogonal-mix"], out["none"]
@@ -162,3 +167,73 @@ def _with_nan(X: torch.Tensor) -> torch.Tensor:
 def test_simultaneous_diagonalization_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(*two_sets(n=20, d=4))
+
+
+def test_simultaneous_diagonalization_with_rank_deficient_covariances():
+    """Fewer rows than features and an all-zero column (the House Prices and MNIST case):
+    the ridge keeps ``K_P'`` invertible, so theta is finite and invertible,
+    ``theta^T K_P' theta = I`` still holds, and the kappas stay measurable."""
+    g = torch.Generator().manual_seed(5)
+    d = 12
+    X_P = torch.randn(7, d, generator=g, dtype=F64)  # rank 7 < 12
+    X_H = torch.randn(30, d, generator=g, dtype=F64)
+    X_P[:, 3] = X_H[:, 3] = 0.0  # a null direction shared by both covariances
+    res = simultaneous_diagonalization(X_P, X_H, X_P @ torch.randn(d, generator=g, dtype=F64))
+    K_P = X_P.T @ X_P
+    ridged = K_P + 1e-6 * float(K_P.trace()) / d * torch.eye(d, dtype=F64)
+    assert torch.isfinite(res.theta).all()
+    torch.testing.assert_close(res.theta.T @ ridged @ res.theta, torch.eye(d, dtype=F64),
+                               atol=1e-8, rtol=0)  # fmt: skip
+    assert 0 < res.settings["mu_min"] <= res.settings["mu_max"] < float("inf")
+    for rule in RULES:
+        r = rir(X_P, X_H, res.theta, rule=rule, backend="eigvalsh")
+        assert all(map(torch.isfinite, torch.tensor([r.i, r.ii, r.rir])))
+        assert r.ii <= 1
+
+
+def test_house_prices_default_is_simultaneous_diagonalization(house_prices, capsys):
+    """The default House Prices method is the mixed closed-form extractor; the Algorithm 1
+    methods stay available by name, and ``--help`` says why."""
+    assert runs.DEFAULT_METHOD == "simultaneous diagonalization + orthogonal mix"
+    algorithm1_methods = {
+        "hardened (default): the above + orthogonal mix",
+        "ours: whitening θ₀ + balanced Algorithm 1",
+        "algorithm1 (printed, λ balanced at θ₀)",
+    }
+    assert algorithm1_methods <= runs.HOUSE_PRICES_METHODS.keys()
+    P, H = house_prices.primary, house_prices.harmful
+    o = runs.run_house_prices(house_prices, seed=2, attack_steps=20)
+    ref = simultaneous_diagonalization(P.X_train, H.X_train, P.y_train, seed=2)
+    torch.testing.assert_close(o.result.theta, ref.theta, rtol=0, atol=0)
+    with pytest.raises(SystemExit):
+        main(["immunize", "house-prices", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"Default: '{runs.DEFAULT_METHOD}'" in text and "L-BFGS" in text
+    assert "'hardened (default): the above + orthogonal mix'" in text
+
+
+def test_mnist_pair_simultaneous_diagonalization_on_small_images():
+    """``method="simultaneous-diagonalization"`` is the closed-form extractor of the pair's
+    digit sets, mixed with ``seed``; it refuses ``hardening="none"`` and unknown methods."""
+    images, labels = small_digits()
+    o = runs.run_mnist_pair(images, labels, 3, 8, method="simultaneous-diagonalization", seed=2)
+    X_P, X_H = datasets.digit_pair_sets(images, labels, 3, 8)
+    torch.testing.assert_close(o.result.theta, simultaneous_diagonalization(X_P, X_H, seed=2).theta,
+                               rtol=0, atol=0)  # fmt: skip
+    assert o.rir["paper"].rir > 1 and o.rir["paper"].ii <= 1
+    assert o.primary["accuracy"] == pytest.approx(o.primary["plain_accuracy"], abs=0.02)
+    with pytest.raises(ValueError, match="method must be one of"):
+        runs.run_mnist_pair(images, labels, 3, 8, method="newton")
+    with pytest.raises(ValueError, match="always applies the orthogonal mix"):
+        runs.run_mnist_pair(images, labels, 3, 8, method="simultaneous-diagonalization",
+                            hardening="none")  # fmt: skip
+
+
+def test_cli_mnist_method_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["immunize", "mnist", "--out", str(tmp_path), "--method", "bogus"])
+    assert "--method" in capsys.readouterr().err
+    argv = ["immunize", "mnist", "--out", str(tmp_path), "--data", str(tmp_path / "none"),
+            "--method", "simultaneous-diagonalization", "--hardening", "none"]  # fmt: skip
+    assert main(argv) == 2  # refused before the (missing) data is read
+    assert "always applies the orthogonal mix" in capsys.readouterr().err
