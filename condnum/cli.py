@@ -47,8 +47,8 @@ def _house_prices_method_help(methods: Sequence[str], default: str) -> str:
         "on the features as released and standardized, while the primary task's attackers "
         "get no slower; conjugate gradient only 3-7x (no affine extractor can force more "
         "than 9.4x on the released features). The paper's Algorithm 1 (its R_ill and R_well "
-        "regularizers) stays available: 'hardened (default): the above + orthogonal mix' is "
-        "the earlier default (L-BFGS slowed only 2-9x); the other names are the paper's "
+        "regularizers) stays available: 'hardened: the above + orthogonal mix' is "
+        "Algorithm 1 with the same mix (L-BFGS slowed only 2-9x); the other names are the paper's "
         "Table 1 rows and Algorithm 1 variants"
     )
 

@@ -40,7 +40,7 @@ BESIDE = {
     "authors' released code": "paper's method",
     "ours: Algorithm 1, balanced (θ₀ = I)": "paper's method",
     "ours: whitening θ₀ + balanced Algorithm 1": "paper's method",
-    "hardened (default): the above + orthogonal mix": "paper's method",
+    "hardened: the above + orthogonal mix": "paper's method",
     "simultaneous diagonalization + orthogonal mix": "paper's method",
 }
 

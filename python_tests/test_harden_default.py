@@ -196,7 +196,7 @@ def test_house_prices_default_is_simultaneous_diagonalization(house_prices, caps
     methods stay available by name, and ``--help`` says why."""
     assert runs.DEFAULT_METHOD == "simultaneous diagonalization + orthogonal mix"
     algorithm1_methods = {
-        "hardened (default): the above + orthogonal mix",
+        "hardened: the above + orthogonal mix",
         "ours: whitening θ₀ + balanced Algorithm 1",
         "algorithm1 (printed, λ balanced at θ₀)",
     }
@@ -209,7 +209,7 @@ def test_house_prices_default_is_simultaneous_diagonalization(house_prices, caps
         main(["immunize", "house-prices", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"Default: '{runs.DEFAULT_METHOD}'" in text and "L-BFGS" in text
-    assert "'hardened (default): the above + orthogonal mix'" in text
+    assert "'hardened: the above + orthogonal mix'" in text
 
 
 def test_mnist_pair_simultaneous_diagonalization_on_small_images():

@@ -276,7 +276,7 @@ def test_house_prices_bar_fast(data_dir):
     """A short Algorithm 1 run on the real data already clears the paper's RIR with the
     primary kept."""
     pair = datasets.load_house_prices(data_dir / "house_prices" / "train.csv")
-    method = "hardened (default): the above + orthogonal mix"  # Algorithm 1 + mix, by name
+    method = "hardened: the above + orthogonal mix"  # Algorithm 1 + mix, by name
     o = runs.run_house_prices(pair, method, steps=40, attack_steps=200)
     assert o.result.settings["steps"] == 40
     for rule in ("paper", "relative"):

@@ -78,7 +78,7 @@ HOUSE_PRICES_METHODS: dict[str, Method] = {
     "ours: whitening θ₀ + balanced Algorithm 1": lambda X_P, X_H, y, seed, backend, steps: (
         immunize_linear(X_P, X_H, y, steps=steps, init="whiten", seed=seed, backend=backend)
     ),
-    "hardened (default): the above + orthogonal mix": lambda X_P, X_H, y, seed, backend, steps: (
+    "hardened: the above + orthogonal mix": lambda X_P, X_H, y, seed, backend, steps: (
         orthogonal_mix(immunize_linear(X_P, X_H, y, steps=steps, init="whiten", seed=seed,
                                        backend=backend), seed=seed)
     ),
