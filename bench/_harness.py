@@ -126,6 +126,16 @@ def feature_cases(
                 yield d, N, dtype, features(kind, N, d, kappa, dtype, device)
 
 
+def matrix_cases(args: argparse.Namespace, ds: Sequence[int], spectra, device: torch.device):
+    """(d, dtype, kind, kappa label, S) for each size, dtype (``--dtype``) and (kind, kappa)
+    of ``spectra``, with S from ``matrix``; the label is "MP" for a Wishart matrix."""
+    for d in ds:
+        for dtype in dtypes(args):
+            for kind, kappa in spectra:
+                label = kappa if not math.isnan(kappa) else "MP"
+                yield d, dtype, kind, label, matrix(kind, d, kappa, dtype, device)
+
+
 # --------------------------------------------------------------------------- environment
 
 

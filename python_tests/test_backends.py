@@ -21,6 +21,7 @@ from conftest import (
 import condnum
 from condnum import _policy, reference
 from condnum import functional as F
+from condnum.portable.checks import max_asymmetry
 
 ops = torch.ops.condnum
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -207,3 +208,14 @@ def test_backends_agree_on_eigenpairs_and_regularizers(case, request):
         same_well = ops._r_well_backward(g, S, lam_max, u_max, d)
     for a, b in zip(n_grads, (same_ill, same_well), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=8 * torch.finfo(dtype).eps * a.abs().max())
+
+
+@pytest.mark.parametrize("d", [1, 5, 127, 128, 129, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_portable_asymmetry_by_panels_equals_the_full_difference(d, dtype):
+    g = torch.Generator().manual_seed(d)
+    S = torch.randn(d, d, generator=g, dtype=dtype)
+    S = S + S.mT + 1e-3 * torch.randn(d, d, generator=g, dtype=dtype)
+    assert max_asymmetry(S) == (S - S.mT).abs().amax()
+    S[d - 1, 0] = float("nan")
+    assert max_asymmetry(S).isnan()

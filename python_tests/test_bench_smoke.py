@@ -21,6 +21,11 @@ SCRIPTS = [
         ["--methods", "ours", "ours_top", "eigvalsh", "--spectra", "geometric:1e4"],
         ["d", "dtype", "method", "ms", "speedup", "err_min", "err_max"],
     ),
+    (
+        "bench_backends.py",
+        ["--dtype", "float64"],
+        ["d", "dtype", "op", "native_ms", "portable_ms", "ratio", "max_rel_diff"],
+    ),
     ("bench_gram.py", ["--dtype", "float32"], ["N", "d", "gram_ms", "matmul_ms", "speedup"]),
     (
         "bench_regularizers.py",
@@ -58,6 +63,8 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
         if script == "bench_eigh.py" and row["method"] in ("ours", "ours_top"):
             # the step-cost columns of the CPU kernel (timings: not compared)
             assert row["lz_step"] > 0 and row["steps"] >= 1 and row["step_floor"] > 0
+        if script == "bench_backends.py":  # both backends meet the default tol (1e-7)
+            assert row["ratio"] > 0 and row["max_rel_diff"] < 1e-5
 
 
 def test_regularizer_parts_table(tmp_path):

@@ -5,13 +5,14 @@ a preallocated (max_steps + 1, d) device tensor) and the tridiagonal T = V^T A V
 the diagonal, beta off it). Each new direction w = A v_j is orthogonalised against the
 whole basis by classical Gram-Schmidt, always twice ("twice is enough": no host decision
 in the middle of a step). Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes
-from the small T on the host (float64 ``eigh``); its residual ||A y_i - theta_i y_i|| =
+from the small T on the host in float64 (condnum.portable.tridiagonal: bisection and
+inverse iteration for just the pairs a check reads); its residual ||A y_i - theta_i y_i|| =
 beta_m |s_i[m-1]| bounds the distance from theta_i to an eigenvalue of A (the CPU kernel's
 bound).
 
 Host synchronisation: one copy of (alpha_j, beta_j) to the host per step, which is what
 each step's convergence check reads; nothing else. Cost per step: one operator
-application plus 8 m d flops; a check costs an ``eigh`` of the m x m T on the host.
+application plus 8 m d flops; a check costs O(m) per Ritz pair it reads, on the host.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from condnum import _policy
+from condnum.portable import tridiagonal
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Lanczos:
         self.beta: list[float] = []
         self.scale = 0.0  # running max of |alpha|, beta: an estimate of ||A||
         self.invariant = False
-        self._eig: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._cache_m = 0  # Ritz values and pairs of T_m by (kind, index), for m = _cache_m
+        self._cache: dict[tuple[str, int], tuple[float, np.ndarray] | float] = {}
 
     @property
     def size(self) -> int:
@@ -83,34 +86,36 @@ class Lanczos:
         threshold = _policy.BREAKDOWN * math.sqrt(self.d) * self.eps * self.scale
         self.invariant = beta <= threshold or self.size == self.d
         if not self.invariant:
-            self.V[j + 1] = w / beta
+            torch.div(w, beta, out=self.V[j + 1])
         return True
 
-    def _eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.size
-        if self._eig is None or self._eig[0] != m:
-            T = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
-            if m > 1:
-                off = torch.tensor(self.beta[: m - 1], dtype=torch.float64)
-                T += torch.diag(off, 1) + torch.diag(off, -1)
-            values, vectors = torch.linalg.eigh(T)
-            self._eig = (m, values, vectors)
-        return self._eig[1], self._eig[2]
+    def _cache_for_size(self) -> dict[tuple[str, int], tuple[float, np.ndarray] | float]:
+        """Ritz values ("value", i) and pairs ("pair", i) of the current T_m."""
+        if self._cache_m != self.size:
+            self._cache_m, self._cache = self.size, {}
+        return self._cache
 
     def value(self, i: int) -> float:
-        """Ritz value i of T_m (0 = the smallest)."""
-        return self._eigh()[0][i].item()
+        """Ritz value i of T_m (0 = the smallest), by bisection."""
+        cache = self._cache_for_size()
+        if ("pair", i) in cache:
+            return cache[("pair", i)][0]
+        if ("value", i) not in cache:
+            cache[("value", i)] = tridiagonal.eigenvalue(self.alpha, self.beta, i)
+        return cache[("value", i)]
 
     def count_below(self, x: float) -> int:
-        """Number of Ritz values below x."""
-        return int((self._eigh()[0] < x).sum())
+        """Number of Ritz values below x (a Sturm count)."""
+        return tridiagonal.sturm_count(self.alpha, self.beta, x)
 
     def ritz(self, i: int) -> Ritz:
-        values, vectors = self._eigh()
+        cache = self._cache_for_size()
+        if ("pair", i) not in cache:
+            cache[("pair", i)] = tridiagonal.eigenpair(self.alpha, self.beta, i)
+        theta, s = cache[("pair", i)]
         m = self.size
-        s = vectors[:, i]
-        bound = 0.0 if self.invariant else self.beta[m - 1] * abs(s[m - 1].item())
-        return Ritz(i, m, values[i].item(), bound, s)
+        bound = 0.0 if self.invariant else self.beta[m - 1] * abs(float(s[m - 1]))
+        return Ritz(i, m, theta, bound, torch.from_numpy(s))
 
     def ritz_vector(self, r: Ritz, dtype: torch.dtype) -> torch.Tensor:
         """y = V^T s, unit, accumulated in float64, returned in ``dtype``."""
@@ -127,10 +132,10 @@ def orthogonalised_step(
     beta_j = ||w|| as float64 0-dim tensors on the device (no host synchronisation)."""
     j = basis.shape[0] - 1
     w = apply(basis[j])
-    h = basis @ w
-    w = w - basis.mT @ h
-    h2 = basis @ w
-    w = w - basis.mT @ h2
+    h = torch.mv(basis, w)
+    w = torch.addmv(w, basis.mT, h, alpha=-1)
+    h2 = torch.mv(basis, w)
+    w = torch.addmv(w, basis.mT, h2, alpha=-1)
     return w, (h[j] + h2[j]).double(), torch.linalg.vector_norm(w).double()
 
 

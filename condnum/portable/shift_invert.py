@@ -1,12 +1,13 @@
 """The bottom of the numerical range by shift-and-invert Lanczos in float64, portable.
 
 Usually through a Cholesky factor of S + tau I, tau = max(rtol, TAU_D_EPS d eps64) lam_max
-(``torch.linalg.cholesky_ex``, solves by ``torch.cholesky_solve``): eigenvalues below the
-threshold rtol * lam_max map to the top of that spectrum, (1/(2 tau), 1/tau], so the wanted
-one is the largest Ritz value theta whose lam = 1/theta - tau exceeds the threshold. When
-the spectrum reaches down near a threshold well above rounding level, an LDL^T factor of
-S - rtol lam_max I (``torch.linalg.ldl_factor_ex``) is used instead: the wanted eigenvalue
-is then the top of the positive part. The same decisions as the CPU kernel.
+(``torch.linalg.cholesky_ex``, then two ``torch.linalg.solve_triangular`` per step):
+eigenvalues below the threshold rtol * lam_max map to the top of that spectrum,
+(1/(2 tau), 1/tau], so the wanted one is the largest Ritz value theta whose
+lam = 1/theta - tau exceeds the threshold. When the spectrum reaches down near a threshold
+well above rounding level, an LDL^T factor of S - rtol lam_max I
+(``torch.linalg.ldl_factor_ex``) is used instead: the wanted eigenvalue is then the top of
+the positive part. The same decisions as the CPU kernel.
 
 Host synchronisation: one copy per factorisation (its info) and per Lanczos step.
 Cost: d^3/3 (the factorisation) + O(m d^2).
@@ -114,8 +115,9 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     mu_threshold = 1.0 / (threshold + tau)
     detect_crowding = tau <= 8 * threshold
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        return torch.cholesky_solve(v[:, None], L)[:, 0]
+    def apply(v: torch.Tensor) -> torch.Tensor:  # torch.cholesky_solve copies L per call
+        y = torch.linalg.solve_triangular(L, v[:, None], upper=False)
+        return torch.linalg.solve_triangular(L.mT, y, upper=True)[:, 0]
 
     lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
     lz.start(start)

@@ -1,0 +1,73 @@
+"""The portable implementation against the native CPU kernel, in the same process.
+
+For each dtype and spectrum, times a cold ``extreme_eigh`` and a cold ``top_eigh`` of the same
+S once under ``condnum.backend("native")`` and once under ``condnum.backend("portable")``;
+`ratio` is portable's time over native's (1.0: as fast). `max_rel_diff` is the larger
+relative difference between the two backends' eigenvalues.
+
+    python bench/bench_backends.py --quick
+    python bench/bench_backends.py --d 768 --threads 1 --stat min
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import _harness as H
+
+import condnum
+from condnum import functional as F
+
+SPECTRA = [
+    ("geometric", 1e2),
+    ("geometric", 1e4),
+    ("geometric", 1e6),
+    ("loguniform", 1e4),
+    ("wishart", float("nan")),
+]
+QUICK_SPECTRA = [("geometric", 1e2), ("wishart", float("nan"))]
+OPS = {
+    "extreme_eigh": lambda S: F.extreme_eigh(S)[:2],
+    "top_eigh": lambda S: F.top_eigh(S)[:1],
+}
+KEY = ["d", "dtype", "spectrum", "kappa", "op"]
+COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff"]
+
+
+def compare(S, fn, min_run_time: float) -> dict[str, float]:
+    """Both backends' times of ``fn(S)``, their ratio and the eigenvalues' largest difference."""
+    ms, lams = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unconverged solves report via err
+        for backend in ("native", "portable"):
+            with condnum.backend(backend):
+                ms[backend] = H.timeit(lambda: fn(S), min_run_time)
+                lams[backend] = [float(x) for x in fn(S)]
+    pairs = zip(lams["portable"], lams["native"], strict=True)
+    return {
+        "native_ms": ms["native"],
+        "portable_ms": ms["portable"],
+        "ratio": ms["portable"] / ms["native"],
+        "max_rel_diff": max(H.rel_err(a, b) for a, b in pairs),
+    }
+
+
+def main() -> None:
+    args = H.parser(__doc__.split("\n")[0]).parse_args()
+    args.device = "cpu"  # the native kernel to compare with is the CPU one
+    device = H.setup(args)
+    ds = args.d or ([256] if args.quick else [768])
+    mrt = args.min_run_time or (0.05 if args.quick else 0.5)
+    env = H.environment(device)
+    name = args.name or "bench_backends"
+    table = H.Table(name, COLUMNS, env, KEY, args.compare, time_column="portable_ms")
+    cases = H.matrix_cases(args, ds, QUICK_SPECTRA if args.quick else SPECTRA, device)
+    for d, dtype, kind, kappa, S in cases:
+        for op, fn in OPS.items():
+            case = {"d": d, "dtype": str(dtype).removeprefix("torch."), "spectrum": kind}
+            table.add(**case, kappa=kappa, op=op, **compare(S, fn, mrt))
+    table.save(args.name)
+
+
+if __name__ == "__main__":
+    main()
