@@ -200,10 +200,11 @@ def regularizer_grad_atol(
     k, rtol = Sw.shape[0] if k is None else k, dtype_rtol(Sw) if rtol is None else rtol
     ref_fn = reference.r_ill if which == "r_ill" else reference.r_well
     grads = []
-    for A in (Sw.double(), Sw):
-        A = A.clone().requires_grad_()
-        (g,) = torch.autograd.grad(ref_fn(A, k, rtol), A)
-        grads.append(g.double())
+    with _single_thread():  # eigh of a small S: OpenMP barriers cost 100x on a shared CPU
+        for A in (Sw.double(), Sw):
+            A = A.clone().requires_grad_()
+            (g,) = torch.autograd.grad(ref_fn(A, k, rtol), A)
+            grads.append(g.double())
     scale = grads[0].abs().max().item()
     baseline = (grads[1] - grads[0]).abs().max().item()
     return BASELINE_MULTIPLE * baseline + 2 * regularizer_rtol(which, S, k, rtol, tol) * scale
