@@ -33,17 +33,19 @@ import re
 import pytest
 import torch
 from conftest import (
-    EIG_RTOL,
-    TORCH_BASELINE_MULTIPLE,
-    VALUE_RTOL,
+    BASELINE_MULTIPLE,
+    TOL_MULTIPLE,
     call_with_bound,
-    eigvalsh_lam_min_error,
+    eig_rtol,
     fuzz_settings,
     is_hardening_long,
     log_spectrum,
+    regularizer_rtol,
     rel_err,
     relayout,
+    solver_tol,
     spd_from_spectrum,
+    summation_rtol,
 )
 from hypothesis import example, given, note
 from hypothesis import strategies as st
@@ -109,9 +111,11 @@ def _assert_identical(a, b) -> None:
         assert torch.equal(x, y)
 
 
-def _eig_tol(dtype: torch.dtype, bound: float | None) -> float:
-    """Allowed relative error of an extreme eigenvalue; a convergence warning's bound loosens it."""
-    return EIG_RTOL[dtype] if bound is None else max(EIG_RTOL[dtype], 2 * bound)
+def _eig_tol(S: torch.Tensor, rtol: float, bound: float | None) -> float:
+    """Allowed relative error of an extreme eigenvalue of S (conftest.eig_rtol); a
+    convergence warning's bound loosens it."""
+    tol = eig_rtol(S, rtol)
+    return tol if bound is None else max(tol, 2 * bound)
 
 
 #: Single-vector Lanczos may settle on a neighbour of an extreme eigenvalue within about
@@ -129,23 +133,30 @@ def _assert_documented_neighbour(S: torch.Tensor, lam: float, ref: float, tol: f
     assert rel_err(nearest, ref) <= NEIGHBOUR_RTOL, f"{lam} is far from the extreme {ref}"
 
 
-def _check_r_ill(call, hms: float, lam_min: float, lam_tol: float, dtype):
-    """Runs ``call`` (an R_ill evaluation) and checks it against the float64 reference.
+def _summation_slack(d: int, dtype: torch.dtype, terms: float) -> float:
+    """Rounding of a sum over d^2 entries in another order: BASELINE_MULTIPLE d eps of its
+    terms (as conftest.summation_rtol)."""
+    return BASELINE_MULTIPLE * d * _eps(dtype) * terms
+
+
+def _check_r_ill(call, hms: float, lam_min: float, lam_tol: float, dtype, d: int):
+    """Runs ``call`` (an R_ill evaluation of a d x d S) against the float64 reference.
 
     ``hms`` = ||S||_F^2 / (2k) and ``lam_min`` (the floored sigma_min; relative error
     allowed: ``lam_tol``, or what a convergence warning admits) give D = hms - lam_min^2 / 2,
     which the op floors at 64 eps hms (kappa = 1, or k above the number of eigenvalues):
-    the value must be 1/max(D, floor) to within the error that lam_min's tolerance
-    propagates. Returns (value, warning's bound).
+    the value must be 1/max(D, floor) to within the error that lam_min's tolerance and the
+    sums' rounding propagate. Returns (value, warning's bound).
     """
     value, bound = call_with_bound(call)
     lam_tol = lam_tol if bound is None else max(lam_tol, 2 * bound)
-    slack = 2 * lam_tol * lam_min**2 + 64 * _eps(dtype) * hms  # |error of D| allowed
     floor = 64 * _eps(dtype) * hms
+    # |error of D| allowed: lam_min's, the sums' rounding and the floor's
+    slack = 2 * lam_tol * lam_min**2 + _summation_slack(d, dtype, hms + lam_min**2 / 2) + floor
     D = hms - 0.5 * lam_min**2
     lo, hi = 1 / (max(D, floor) + slack), 1 / max(D - slack, floor)
-    v = value.item()
-    assert lo * (1 - VALUE_RTOL[dtype]) <= v <= hi * (1 + VALUE_RTOL[dtype]), (v, lo, hi)
+    r = BASELINE_MULTIPLE * _eps(dtype)  # the reciprocal's rounding
+    assert lo * (1 - r) <= value.item() <= hi * (1 + r), (value.item(), lo, hi)
     return value, bound
 
 
@@ -155,13 +166,15 @@ def _floored_reference(S: torch.Tensor, rtol: float) -> float:
     return max(ev[0].item(), rtol * ev[-1].item())
 
 
-def _check_r_well(call, hms: float, lam_max: float, dtype):
-    """Runs ``call`` (an R_well evaluation): lam_max^2 / 2 - hms, to VALUE_RTOL (or what a
-    convergence warning admits) of its two terms (they may cancel). Returns (value, bound)."""
+def _check_r_well(call, hms: float, lam_max: float, lam_tol: float, dtype, d: int):
+    """Runs ``call`` (an R_well evaluation of a d x d S): lam_max^2 / 2 - hms, to what
+    lam_max's relative error ``lam_tol`` (or a convergence warning's bound) and the sums'
+    rounding propagate (the two terms may cancel). Returns (value, bound)."""
     value, bound = call_with_bound(call)
-    rtol = VALUE_RTOL[dtype] if bound is None else max(VALUE_RTOL[dtype], 4 * bound)
+    lam_tol = lam_tol if bound is None else max(lam_tol, 2 * bound)
     ref = 0.5 * lam_max**2 - hms
-    assert abs(value.item() - ref) <= rtol * (0.5 * lam_max**2 + hms)
+    slack = 2 * lam_tol * lam_max**2 + _summation_slack(d, dtype, 0.5 * lam_max**2 + hms)
+    assert abs(value.item() - ref) <= slack, (value.item(), ref, slack)
     return value, bound
 
 
@@ -385,11 +398,10 @@ def test_extreme_eigh_fuzz(case, layout):
         assert t.shape == shape and t.dtype == dtype
     rtol_eff = dtype_rtol(S) if rtol is None else rtol
     ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
-    tol = _eig_tol(dtype, bound)
+    tol = _eig_tol(S, rtol_eff, bound)
     if rel_err(lam_max.item(), ref_max) > tol:
         _assert_documented_neighbour(S, lam_max.item(), ref_max, tol)
-    baseline = TORCH_BASELINE_MULTIPLE * eigvalsh_lam_min_error(S, rtol_eff, ref_min)
-    if rel_err(lam_min.item(), ref_min) > max(tol, baseline):
+    if rel_err(lam_min.item(), ref_min) > tol:
         _assert_documented_neighbour(S, lam_min.item(), ref_min, tol)
     for lam, u in ((lam_min, u_min), (lam_max, u_max)):
         assert abs(u.double().norm().item() - 1) < 1e-4
@@ -401,8 +413,9 @@ def test_extreme_eigh_fuzz(case, layout):
     (lam_top, u_top), top_bound = call_with_bound(F.top_eigh, view)
     _assert_identical((lam_top, u_top), call_with_bound(F.top_eigh, S)[0])
     assert lam_top.shape == () and u_top.shape == (d,) and lam_top.dtype == dtype
-    if rel_err(lam_top.item(), ref_max) > _eig_tol(dtype, top_bound):
-        _assert_documented_neighbour(S, lam_top.item(), ref_max, _eig_tol(dtype, top_bound))
+    top_tol = _eig_tol(S, rtol_eff, top_bound)
+    if rel_err(lam_top.item(), ref_max) > top_tol:
+        _assert_documented_neighbour(S, lam_top.item(), ref_max, top_tol)
     # condition_number is lam_max / lam_min of the same solve
     kappa, _ = call_with_bound(F.condition_number, view, rtol=rtol)
     assert kappa.shape == () and kappa.dtype == dtype
@@ -518,8 +531,8 @@ def test_denormal_entries_are_ordinary_values(d, dtype, n_entries, layout, seed)
         F.extreme_eigh, relayout(S, layout), rtol=1e-4
     )
     ref_min, ref_max = reference.float64_extremes(S, 1e-4)
-    assert rel_err(lam_max.item(), ref_max) <= _eig_tol(dtype, bound)
-    assert rel_err(lam_min.item(), ref_min) <= _eig_tol(dtype, bound)
+    assert rel_err(lam_max.item(), ref_max) <= _eig_tol(S, 1e-4, bound)
+    assert rel_err(lam_min.item(), ref_min) <= _eig_tol(S, 1e-4, bound)
 
 
 @fuzz_settings(100)
@@ -546,14 +559,14 @@ def test_stride_zero_and_overlapping_views(d, dtype, log_c, kind, seed, impl):
     out, bound = call_with_bound(F.extreme_eigh, S, rtol=rtol)
     _assert_identical(out, call_with_bound(F.extreme_eigh, S.contiguous(), rtol=rtol)[0])
     ref_min, ref_max = reference.float64_extremes(S, rtol)
-    assert rel_err(out[1].item(), ref_max) <= _eig_tol(dtype, bound)
-    assert rel_err(out[0].item(), ref_min) <= _eig_tol(dtype, bound)
+    assert rel_err(out[1].item(), ref_max) <= _eig_tol(S, rtol, bound)
+    assert rel_err(out[0].item(), ref_min) <= _eig_tol(S, rtol, bound)
     lam_top, u_top = call_with_bound(F.top_eigh, S)[0]
     _assert_identical((lam_top, u_top), call_with_bound(F.top_eigh, S.contiguous())[0])
     if kind == "expand":  # rank 1: sigma_min at the floor rtol * lam_max, R_ill finite
         value = F.r_ill(S, rtol=rtol)
         expected = reference.r_ill(S.contiguous(), rtol=rtol).item()
-        assert value.item() == pytest.approx(expected, rel=VALUE_RTOL[dtype])
+        assert rel_err(value.item(), expected) <= regularizer_rtol("r_ill", S, rtol=rtol)
     # a stride-0 S that is not symmetric is refused
     if d > 1:
         row = torch.arange(1.0, d + 1, dtype=dtype)
@@ -613,9 +626,7 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
     rtol_eff = dtype_rtol(S) if rtol is None else rtol
     ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     hms = S.double().square().sum().item() / (2 * k)
-    lam_tol = max(
-        EIG_RTOL[dtype], TORCH_BASELINE_MULTIPLE * eigvalsh_lam_min_error(S, rtol_eff, ref_min)
-    )
+    lam_tol = eig_rtol(S, rtol_eff)
 
     floored = _floored_reference(S, rtol_eff)
 
@@ -631,9 +642,9 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
 
     view = relayout(S, layout).requires_grad_()
     if which == "r_ill":
-        value, _ = _check_r_ill(lambda: evaluate(view), hms, floored, lam_tol, dtype)
+        value, _ = _check_r_ill(lambda: evaluate(view), hms, floored, lam_tol, dtype, d)
     else:
-        value, _ = _check_r_well(lambda: evaluate(view), hms, ref_max, dtype)
+        value, _ = _check_r_well(lambda: evaluate(view), hms, ref_max, lam_tol, dtype, d)
     assert value.shape == () and value.dtype == dtype
     (grad,) = torch.autograd.grad(value, view)
     assert grad.shape == (d, d) and grad.dtype == dtype
@@ -650,8 +661,15 @@ def test_regularizers_on_S_fuzz(case, k_factor, which, entry, layout, impl):
         expected = lam.double() * torch.outer(u.double(), u.double()) - S.double() / k
     expected = _in_dtype(expected, dtype)
     finite = expected[expected.isfinite()]
-    atol = VALUE_RTOL[dtype] * (finite.abs().max().item() if finite.numel() else 0.0)
-    torch.testing.assert_close(grad.double(), expected, rtol=VALUE_RTOL[dtype], atol=atol)
+    # the same formula on the same (lam, u): a few roundings of each entry's terms, and for
+    # R_ill twice R's (conftest.summation_rtol)
+    if which == "r_ill":
+        tol = 2 * BASELINE_MULTIPLE * summation_rtol(which, S, k, rtol_eff)
+        scale = finite.abs().max().item() if finite.numel() else 0.0
+    else:
+        tol = BASELINE_MULTIPLE * _eps(dtype)
+        scale = lam.double().item() + S.double().abs().max().item() / k
+    torch.testing.assert_close(grad.double(), expected, rtol=tol, atol=tol * scale)
     # a contiguous copy: the same bits, forward and backward
     copy = S.clone().requires_grad_()
     copy_value = call_with_bound(evaluate, copy)[0]
@@ -687,7 +705,7 @@ def test_modules_on_features_fuzz(case, which, layout, impl):
     Zs = Z.to(s_dtype)
     ev = torch.linalg.eigvalsh(Zs.T @ Zs if n >= d else Zs @ Zs.T)
     torch_err = rel_err(reference.smallest_in_range(ev, rtol_eff).item(), lam_min)
-    lam_tol = max(EIG_RTOL[s_dtype], TORCH_BASELINE_MULTIPLE * torch_err)
+    lam_tol = TOL_MULTIPLE * solver_tol(s_dtype) + BASELINE_MULTIPLE * torch_err
     if layout == "transposed-view":
         view = Z.T.contiguous().T
     else:
@@ -697,8 +715,8 @@ def test_modules_on_features_fuzz(case, which, layout, impl):
 
     def evaluate():
         if which == "RIll":
-            return _check_r_ill(lambda: module(view), hms, floored, lam_tol, s_dtype)
-        return _check_r_well(lambda: module(view), hms, lam_max, s_dtype)
+            return _check_r_ill(lambda: module(view), hms, floored, lam_tol, s_dtype, max(n, d))
+        return _check_r_well(lambda: module(view), hms, lam_max, lam_tol, s_dtype, max(n, d))
 
     value, bound = evaluate()
     assert bound is None or bound <= 1e-2  # well-separated extremes: converged, or nearly
@@ -751,7 +769,9 @@ def test_module_buffers_follow_shape_dtype_and_device(shapes, dtypes, devices, s
             assert out.device == expected.device
             if device == "cpu":  # warm vs cold start, both to the solver's accuracy
                 terms = abs(expected.item()) + F.gram(Z).double().square().sum().item()
-                tol = 10 * VALUE_RTOL[expected.dtype]
+                # two solves, each within TOL_MULTIPLE tol, and the sums' rounding
+                eps = torch.finfo(expected.dtype).eps
+                tol = 2 * (TOL_MULTIPLE * solver_tol(expected.dtype) + BASELINE_MULTIPLE * d * eps)
                 assert abs(out.item() - expected.item()) <= tol * terms
             assert module.u_max.device == Z.device and module.u_max.shape == (min(n, d),)
             assert module.u_max.dtype == expected.dtype
