@@ -167,13 +167,11 @@ def _below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.T
     """``lam_1(S) <= rtol * lam_max`` (0-dim bool), by a float64 Cholesky of ``S/lam_max - rtol I``.
 
     The factorisation succeeds exactly when ``S - rtol lam_max I`` is positive definite, up
-    to float64 rounding (Sylvester's law of inertia); no value leaves the device. One d x d
-    float64 temporary besides the factor (no identity matrix is formed).
+    to float64 rounding (Sylvester's law of inertia); no value leaves the device.
     """
     scale = lam_max.double().clamp_min(torch.finfo(torch.float64).tiny)
-    shifted = S.detach().double() / scale
-    shifted.diagonal().sub_(rtol)
-    return torch.linalg.cholesky_ex(shifted).info != 0
+    eye = torch.eye(S.shape[0], dtype=torch.float64, device=S.device)
+    return torch.linalg.cholesky_ex(S.detach().double() / scale - rtol * eye).info != 0
 
 
 def floored_min(
