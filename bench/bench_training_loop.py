@@ -12,11 +12,14 @@ Both start from the same Z with the same learning rate (a relative step of 1e-3 
 `speedup` is the reference loop's time over ours (one timed run each, after a warm-up
 run, in the same process) and `loss_err` the relative difference of the final losses.
 
-The parts table times each part of one step alone at the starting Z (medians): the Gram
-(SYRK), the eigen-solves (warm extreme_eigh + top_eigh; eigvalsh twice for the
-reference), the regularizer values and the backward's GEMM 2 Z G, and what bounds the
-ratio: floor_speedup = reference step / (gram + gemm), the best ratio a free eigen-solve
-would give.
+The parts table times each part of one step alone (medians) in the state the timed run
+ended in (its features, the modules' warm-start vectors, RIll's solve precision): the Gram
+(SYRK), the eigen-solves (RIll's extreme_eigh and RWell's top_eigh, warm-started as in the
+loop; eigvalsh twice for the reference), RIll's floor test (a float64 Cholesky), the
+regularizer values and the loss's backward (autograd: the regularizers' d x d gradients and
+the Gram's GEMM Z (G + G^T)); `other` is the rest of the step (SGD update, module
+bookkeeping). floor_speedup = reference step / (gram + backward): the best ratio a free
+eigen-solve and floor test would give.
 
     python bench/bench_training_loop.py --quick
     python bench/bench_training_loop.py --d 768 --N 4096 1536
@@ -43,15 +46,16 @@ def loss_reference(Z: torch.Tensor) -> torch.Tensor:
     return R.r_ill(S) + R.r_well(S)
 
 
-def make_loss_ours(device: torch.device):
-    r_ill = condnum.RIll(input="gram").to(device)
-    r_well = condnum.RWell(input="gram").to(device)
+class LossOurs:
+    """R_ill + R_well of F.gram(Z) by condnum modules, kept across steps (warm starts)."""
 
-    def loss(Z: torch.Tensor) -> torch.Tensor:
+    def __init__(self, device: torch.device) -> None:
+        self.r_ill = condnum.RIll(input="gram").to(device)
+        self.r_well = condnum.RWell(input="gram").to(device)
+
+    def __call__(self, Z: torch.Tensor) -> torch.Tensor:
         S = F.gram(Z)
-        return r_ill(S) + r_well(S)
-
-    return loss
+        return self.r_ill(S) + self.r_well(S)
 
 
 def learning_rate(Z: torch.Tensor) -> float:
@@ -61,8 +65,8 @@ def learning_rate(Z: torch.Tensor) -> float:
     return 1e-3 * W.norm().item() / W.grad.norm().item()
 
 
-def train(loss_fn, Z0: torch.Tensor, lr: float, steps: int) -> tuple[float, float]:
-    """(seconds, final loss) of `steps` SGD steps from Z0."""
+def train(loss_fn, Z0: torch.Tensor, lr: float, steps: int) -> tuple[float, float, torch.Tensor]:
+    """(seconds, final loss, final features) of `steps` SGD steps from Z0."""
     Z = Z0.clone().requires_grad_()
     opt = torch.optim.SGD([Z], lr=lr)
     t0 = time.perf_counter()
@@ -72,41 +76,51 @@ def train(loss_fn, Z0: torch.Tensor, lr: float, steps: int) -> tuple[float, floa
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - t0
-    return seconds, loss.item()
+    return seconds, loss.item(), Z.detach()
 
 
-def parts(Z: torch.Tensor, case: dict, mrt: float, ours_step_ms: float, ref_step_ms: float) -> dict:
-    """Each part of one step timed alone at Z (module doc); the row starts with `case`."""
+def parts(
+    Z: torch.Tensor, loss: LossOurs, case: dict, mrt: float, ours_step_ms: float, ref_step_ms: float
+) -> dict:
+    """Each part of one step timed alone at Z with the modules' state (module doc)."""
     S = F.gram(Z)
-    prev = F.extreme_eigh(H.perturbed(S, 1e-3))
-    top = F.top_eigh(H.perturbed(S, 1e-3))
-    rtol = dtype_rtol(S)
-    lam_min, lam_max, u_min, u_max = F.extreme_eigh(S, rtol=rtol)
+    S_ill = S.double() if loss.r_ill.float64 else S  # RIll's solve precision
+    rtol = dtype_rtol(S_ill)
+    warm_ill = {"v0_min": loss.r_ill.u_min, "v0_max": loss.r_ill.u_max}
+    lam_min, lam_max, u_min, _ = F.extreme_eigh(S_ill, rtol=rtol / 2, **warm_ill)
+    top, u_max = F.top_eigh(S, v0=loss.r_well.u_max)
     gram_ms = H.timeit(lambda: F.gram(Z), mrt)
-    gemm_ms = H.timeit(lambda: Z @ S, mrt)  # S stands in for dL/dS: dense, symmetric, d x d
+    # floored_min's solve (down to half the floor) and RWell's, without the floor test
     solve_ms = H.timeit(
         lambda: (
-            F.floored_min(S, rtol, v0_min=prev[2], v0_max=prev[3]),
-            F.top_eigh(S, v0=top[1]),
+            F.extreme_eigh(S_ill, rtol=rtol / 2, **warm_ill),
+            F.top_eigh(S, v0=loss.r_well.u_max),
         ),
         mrt,
     )
+    floor_ms = H.timeit(lambda: F._below_floor(S_ill, lam_max, rtol), mrt)
     k = S.shape[0]
     reg_ms = H.timeit(
-        lambda: (ops.r_ill(S, lam_min, u_min, k), ops.r_well(S, lam_max, u_max, k)), mrt
+        lambda: (ops.r_ill(S_ill, lam_min, u_min, k), ops.r_well(S, top, u_max, k)), mrt
     )
+    W = Z.clone().requires_grad_()
+    value = loss(W)
+    backward_ms = H.timeit(lambda: torch.autograd.grad(value, W, retain_graph=True), mrt)
+    gemm_ms = H.timeit(lambda: Z @ S, mrt)  # the backward's GEMM alone (S stands in for G)
     eigvalsh_ms = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)
     return {
         **case,
         "ours_step_ms": ours_step_ms,
         "gram_ms": gram_ms,
         "eigensolve_ms": solve_ms,
+        "floor_test_ms": floor_ms,
         "regularizer_ms": reg_ms,
+        "backward_ms": backward_ms,
         "backward_gemm_ms": gemm_ms,
-        "other_ms": ours_step_ms - gram_ms - solve_ms - reg_ms - gemm_ms,
+        "other_ms": ours_step_ms - gram_ms - solve_ms - floor_ms - reg_ms - backward_ms,
         "reference_step_ms": ref_step_ms,
         "ref_eigvalsh_x2_ms": 2 * eigvalsh_ms,
-        "floor_speedup": ref_step_ms / (gram_ms + gemm_ms),
+        "floor_speedup": ref_step_ms / (gram_ms + backward_ms),
     }
 
 
@@ -141,10 +155,12 @@ def main() -> None:
         lr = learning_rate(Z0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # float32 kappa warnings: timing only
-            train(make_loss_ours(device), Z0, lr, min(steps, 3))  # warm-up
-            ours_s, ours_loss = train(make_loss_ours(device), Z0, lr, steps)
-            ref_s, ref_loss = train(loss_reference, Z0, lr, steps)
-            part_rows.append(parts(Z0, case, mrt, 1e3 * ours_s / steps, 1e3 * ref_s / steps))
+            train(LossOurs(device), Z0, lr, min(steps, 3))  # warm-up
+            ours = LossOurs(device)
+            ours_s, ours_loss, Z = train(ours, Z0, lr, steps)
+            ref_s, ref_loss, _ = train(loss_reference, Z0, lr, steps)
+            step_ms = (1e3 * ours_s / steps, 1e3 * ref_s / steps)
+            part_rows.append(parts(Z, ours, case, mrt, *step_ms))
         table.add(
             **case,
             steps=steps,

@@ -195,3 +195,20 @@ def test_default_kappa_target():
 def test_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         condnum.RIll(**bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ratio", [0.25, 0.9, 1.1, 4.0])
+def test_floor_test_matches_the_spectrum(dtype, ratio):
+    """floored_min's floor test (a float64 Cholesky of S/lam_max - rtol I) says "saturated"
+    exactly when lam_1 <= rtol lam_max: lam_1 = ratio * rtol * lam_max, either side of it."""
+    d = 40
+    rtol = 100 * d * torch.finfo(dtype).eps  # far above S's rounding, so ratio decides
+    ev = log_spectrum(d, 1e2, 7)
+    ev[1] = ratio * rtol
+    S = spd_from_spectrum(ev, 7, dtype)
+    true = torch.linalg.eigvalsh(S.double())
+    lam_max = torch.tensor(true[-1].item(), dtype=dtype)
+    expected = true[0].item() <= rtol * true[-1].item()
+    assert bool(F._below_floor(S, lam_max, rtol)) == expected == (ratio < 1)
+    assert bool(F.floored_min(S, rtol).saturated) == expected
