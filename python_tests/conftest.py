@@ -214,6 +214,13 @@ def rel_err(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
+def unit_norm_error(u: torch.Tensor) -> float:
+    """``|‖u‖ − 1|`` next to what rounding a unit vector's entries to u's dtype allows,
+    ``4 sqrt(d) eps`` (each entry carries a relative error <= eps / 2): ``(error, bound)``."""
+    bound = 4 * math.sqrt(u.numel()) * torch.finfo(u.dtype).eps
+    return abs(u.double().norm().item() - 1), bound
+
+
 def relayout(x: torch.Tensor, layout: str) -> torch.Tensor:
     """``x``'s values (2-D) in another memory layout; the storage around the view is NaN."""
     r, c = x.shape
