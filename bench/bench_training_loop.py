@@ -98,7 +98,7 @@ def parts(
         ),
         mrt,
     )
-    floor_ms = H.timeit(lambda: F._below_floor(S_ill, lam_max, rtol), mrt)
+    floor_ms = H.timeit(lambda: F.below_floor(S_ill, lam_max, rtol), mrt)
     k = S.shape[0]
     reg_ms = H.timeit(
         lambda: (ops.r_ill(S_ill, lam_min, u_min, k), ops.r_well(S, top, u_max, k)), mrt

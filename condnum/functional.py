@@ -163,7 +163,7 @@ class FlooredMin(NamedTuple):
     saturated: torch.Tensor  #: 0-dim bool: some eigenvalue lies at or below the floor
 
 
-def _below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Tensor:
+def below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Tensor:
     """``lam_1(S) <= rtol * lam_max`` (0-dim bool), by a float64 Cholesky of ``S/lam_max - rtol I``.
 
     The factorisation succeeds exactly when ``S - rtol lam_max I`` is positive definite, up
@@ -203,7 +203,7 @@ def floored_min(
     lam_min, lam_max, u_min, u_max, err = ops.extreme_eigh(
         S, num_iters, rtol / 2, tol, v0_min, v0_max
     )
-    saturated = _below_floor(S, lam_max, rtol)
+    saturated = below_floor(S, lam_max, rtol)
     # lam_min is unused at the floor: its accuracy matters only in range
     if not torch.compiler.is_compiling() and S.device.type == "cpu" and not bool(saturated):
         _check_converged(err, tol, "extreme_eigh", num_iters)

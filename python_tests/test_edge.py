@@ -210,5 +210,5 @@ def test_floor_test_matches_the_spectrum(dtype, ratio):
     true = torch.linalg.eigvalsh(S.double())
     lam_max = torch.tensor(true[-1].item(), dtype=dtype)
     expected = true[0].item() <= rtol * true[-1].item()
-    assert bool(F._below_floor(S, lam_max, rtol)) == expected == (ratio < 1)
+    assert bool(F.below_floor(S, lam_max, rtol)) == expected == (ratio < 1)
     assert bool(F.floored_min(S, rtol).saturated) == expected
