@@ -28,6 +28,11 @@ SCRIPTS = [
     ),
     ("bench_gram.py", ["--dtype", "float32"], ["N", "d", "gram_ms", "matmul_ms", "speedup"]),
     (
+        "bench_block_products.py",
+        ["--k", "2"],
+        ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"],
+    ),
+    (
         "bench_regularizers.py",
         ["--dtype", "float64", "--methods", "ours", "reference", "--parts"],
         ["N", "d", "method", "ms", "speedup", "value_err", "grad_err"],
