@@ -51,6 +51,13 @@ def _profiled(fn: Callable[[], object], min_events: int) -> tuple[list, int]:
     return events, calls
 
 
+def steps_per_call(fn: Callable[[], object]) -> float:
+    """The solver steps (Lanczos and shift-and-invert ranges, every run) of one ``fn()``
+    call; only the native CPU kernel marks them."""
+    events, calls = _profiled(fn, 1)
+    return sum(e.name in STEPS.values() for e in events) / calls
+
+
 def _plan(event) -> tuple[int, int]:
     """(basis rows, Gram-Schmidt passes) of one step: from its ``aten::addmv`` children,
     whose matrix argument is the transposed basis (d, rows)."""

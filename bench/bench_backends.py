@@ -3,7 +3,12 @@
 For each dtype and spectrum, times a cold ``extreme_eigh`` and a cold ``top_eigh`` of the same
 S once under ``condnum.backend("native")`` and once under ``condnum.backend("portable")``;
 `ratio` is portable's time over native's (1.0: as fast). `max_rel_diff` is the larger
-relative difference between the two backends' eigenvalues.
+relative difference between the two backends' eigenvalues. `steps` counts the native
+kernel's solver steps per call (its profiler ranges; both backends follow one policy, so
+the portable path takes the same steps where their eigenvalues agree), and
+`extra_us_per_step` = (portable - native) / steps is what the portable path adds per step
+(its once-per-call work spread over the steps): Python, torch's per-call dispatch, and the
+host copy and tridiagonal work of each step's convergence check.
 
     python bench/bench_backends.py --quick
     python bench/bench_backends.py --d 768 --threads 1 --stat min
@@ -14,6 +19,7 @@ from __future__ import annotations
 import warnings
 
 import _harness as H
+import _steps
 
 import condnum
 from condnum import functional as F
@@ -31,7 +37,7 @@ OPS = {
     "top_eigh": lambda S: F.top_eigh(S)[:1],
 }
 KEY = ["d", "dtype", "spectrum", "kappa", "op"]
-COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff"]
+COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff", "steps", "extra_us_per_step"]
 
 
 def compare(S, fn, min_run_time: float) -> dict[str, float]:
@@ -43,12 +49,16 @@ def compare(S, fn, min_run_time: float) -> dict[str, float]:
             with condnum.backend(backend):
                 ms[backend] = H.timeit(lambda: fn(S), min_run_time)
                 lams[backend] = [float(x) for x in fn(S)]
+        with condnum.backend("native"):
+            steps = _steps.steps_per_call(lambda: fn(S))
     pairs = zip(lams["portable"], lams["native"], strict=True)
     return {
         "native_ms": ms["native"],
         "portable_ms": ms["portable"],
         "ratio": ms["portable"] / ms["native"],
         "max_rel_diff": max(H.rel_err(a, b) for a, b in pairs),
+        "steps": steps,
+        "extra_us_per_step": (ms["portable"] - ms["native"]) * 1e3 / steps,
     }
 
 

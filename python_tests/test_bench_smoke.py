@@ -5,6 +5,7 @@ performance tables quote. Timings are not checked (performance is measured, neve
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ SCRIPTS = [
     (
         "bench_backends.py",
         ["--dtype", "float64"],
-        ["d", "dtype", "op", "native_ms", "portable_ms", "ratio", "max_rel_diff"],
+        ["d", "dtype", "op", "native_ms", "portable_ms", "ratio", "max_rel_diff", "steps"],
     ),
     ("bench_gram.py", ["--dtype", "float32"], ["N", "d", "gram_ms", "matmul_ms", "speedup"]),
     (
@@ -70,6 +71,7 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
             assert row["lz_step"] > 0 and row["steps"] >= 1 and row["step_floor"] > 0
         if script == "bench_backends.py":  # both backends meet the default tol (1e-7)
             assert row["ratio"] > 0 and row["max_rel_diff"] < 1e-5
+            assert row["steps"] >= 1 and math.isfinite(row["extra_us_per_step"])
 
 
 def test_regularizer_parts_table(tmp_path):
