@@ -16,6 +16,7 @@ host copy and tridiagonal work of each step's convergence check.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import _harness as H
@@ -58,7 +59,7 @@ def compare(S, fn, min_run_time: float) -> dict[str, float]:
         "ratio": ms["portable"] / ms["native"],
         "max_rel_diff": max(H.rel_err(a, b) for a, b in pairs),
         "steps": steps,
-        "extra_us_per_step": (ms["portable"] - ms["native"]) * 1e3 / steps,
+        "extra_us_per_step": (ms["portable"] - ms["native"]) * 1e3 / steps if steps else math.nan,
     }
 
 
