@@ -162,11 +162,16 @@ def summation_rtol(
     the sum of d^2 terms in another order, ``d eps`` of ``h + sigma^2 / 2``
     (h = ||S||_F^2 / 2k), seen through D's or R_well's cancellation."""
     Sw = _working(S)
-    d, k = Sw.shape[0], Sw.shape[0] if k is None else k
+    k = Sw.shape[0] if k is None else k
     rtol = dtype_rtol(Sw) if rtol is None else rtol
     _, sigma, per_absolute = _regularizer_terms(which, Sw, k, rtol)
+    return _summation_rtol(Sw, k, sigma, per_absolute)
+
+
+def _summation_rtol(Sw: torch.Tensor, k: int, sigma: float, per_absolute: float) -> float:
+    """:func:`summation_rtol` from the terms :func:`_regularizer_terms` gave."""
     h = Sw.double().square().sum().item() / (2 * k)
-    return d * torch.finfo(Sw.dtype).eps * (h + sigma**2 / 2) * per_absolute
+    return Sw.shape[0] * torch.finfo(Sw.dtype).eps * (h + sigma**2 / 2) * per_absolute
 
 
 def regularizer_rtol(
@@ -183,7 +188,8 @@ def regularizer_rtol(
     rtol = dtype_rtol(Sw) if rtol is None else rtol
     ref, sigma, per_absolute = _regularizer_terms(which, Sw, k, rtol)
     ref_fn = reference.r_ill if which == "r_ill" else reference.r_well
-    baseline = max(rel_err(ref_fn(Sw, k, rtol).item(), ref), summation_rtol(which, Sw, k, rtol))
+    summation = _summation_rtol(Sw, k, sigma, per_absolute)
+    baseline = max(rel_err(ref_fn(Sw, k, rtol).item(), ref), summation)
     solver = solver_tol(Sw.dtype, tol) * sigma**2 * per_absolute
     return BASELINE_MULTIPLE * baseline + TOL_MULTIPLE * solver
 
@@ -214,7 +220,7 @@ def rel_err(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-def unit_norm_error(u: torch.Tensor) -> float:
+def unit_norm_error(u: torch.Tensor) -> tuple[float, float]:
     """``|‖u‖ − 1|`` next to what rounding a unit vector's entries to u's dtype allows,
     ``4 sqrt(d) eps`` (each entry carries a relative error <= eps / 2): ``(error, bound)``."""
     bound = 4 * math.sqrt(u.numel()) * torch.finfo(u.dtype).eps
