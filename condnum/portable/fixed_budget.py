@@ -76,7 +76,9 @@ def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
     scale = torch.zeros((), dtype=torch.float64, device=W.device)  # running estimate of ||S||
     eps = torch.finfo(W.dtype).eps
     for j in range(m):
-        w, a, b = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1])
+        w, coefficients = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1])
+        h, h2, b = coefficients.double()
+        a = h + h2
         scale = torch.maximum(scale, torch.maximum(a.abs(), b))
         alive = b > _policy.BREAKDOWN * math.sqrt(d) * eps * scale
         alpha[j] = a

@@ -10,9 +10,10 @@ inverse iteration for just the pairs a check reads); its residual ||A y_i - thet
 beta_m |s_i[m-1]| bounds the distance from theta_i to an eigenvalue of A (the CPU kernel's
 bound).
 
-Host synchronisation: one copy of (alpha_j, beta_j) to the host per step, which is what
-each step's convergence check reads; nothing else. Cost per step: one operator
-application plus 8 m d flops; a check costs O(m) per Ritz pair it reads, on the host.
+Host synchronisation: one copy of three numbers (alpha_j's two terms, beta_j) to the host
+per step, which is what each step's convergence check reads; nothing else. Cost per step:
+one operator application plus 8 m d flops; a check costs O(m) per Ritz pair it reads, on
+the host.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Lanczos:
         if not self.can_step:
             return False
         j = self.size
-        w, alpha_j, beta_j = orthogonalised_step(self.apply, self.V[: j + 1])
-        alpha, beta = torch.stack([alpha_j, beta_j]).tolist()
+        w, coefficients = orthogonalised_step(self.apply, self.V[: j + 1])
+        h, h2, beta = coefficients.tolist()
+        alpha = h + h2
         self.alpha.append(alpha)
         self.beta.append(beta)
         self.scale = max(self.scale, abs(alpha), beta)
@@ -126,17 +128,19 @@ class Lanczos:
 
 def orthogonalised_step(
     apply: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(w, alpha_j, beta_j)`` for the basis ``[v_0 .. v_j]`` (rows): w = A v_j orthogonalised
-    against the basis twice by classical Gram-Schmidt, alpha_j = v_j^T A v_j and
-    beta_j = ||w|| as float64 0-dim tensors on the device (no host synchronisation)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w, coefficients)`` for the basis ``[v_0 .. v_j]`` (rows): w = A v_j orthogonalised
+    against the basis twice by classical Gram-Schmidt, and one (3,) tensor in the basis'
+    dtype on the device (no host synchronisation): the two passes' coefficients of v_j,
+    whose sum is alpha_j = v_j^T A v_j (the caller adds them in float64), and
+    beta_j = ||w||."""
     j = basis.shape[0] - 1
     w = apply(basis[j])
     h = torch.mv(basis, w)
     w = torch.addmv(w, basis.mT, h, alpha=-1)
     h2 = torch.mv(basis, w)
     w = torch.addmv(w, basis.mT, h2, alpha=-1)
-    return w, (h[j] + h2[j]).double(), torch.linalg.vector_norm(w).double()
+    return w, torch.stack((h[j], h2[j], torch.linalg.vector_norm(w)))
 
 
 @lru_cache(maxsize=16)

@@ -16,22 +16,25 @@ from scipy.linalg import lapack
 # Bisection to twice the underflow threshold: each eigenvalue to the relative accuracy that
 # T's entries determine (LAPACK's advice for dstebz's abstol).
 _ABSTOL = 2 * np.finfo(np.float64).tiny
-_BY_INDEX = 2  # dstebz's RANGE = 'I'
+_BY_VALUE, _BY_INDEX = 1, 2  # dstebz's RANGE = 'V', 'I'
 
 
 def sturm_count(alpha: Sequence[float], beta: Sequence[float], x: float) -> int:
     """Number of eigenvalues of T below x: the negative pivots of the LDL^T factorisation
-    of T - x I, q_0 = alpha_0 - x, q_i = alpha_i - x - beta_{i-1}^2 / q_{i-1}; a pivot
-    smaller than pivmin = tiny * max(1, beta^2) is replaced by -pivmin (LAPACK's rule)."""
-    pivmin = np.finfo(np.float64).tiny * max([1.0, *(b * b for b in beta[: len(alpha) - 1])])
-    count = 0
-    q = 1.0
-    for i, a in enumerate(alpha):
-        q = a - x - (beta[i - 1] * beta[i - 1] / q if i else 0.0)
-        if abs(q) <= pivmin:
-            q = -pivmin
-        count += q < 0
-    return count
+    of T - x I with LAPACK's pivmin rule, as ``dstebz`` counts them for the interval
+    (lower, x], ``lower`` below T's Gershgorin discs, with no bisection after the count
+    (an infinite abstol). A loop over T in Python would cost more than a Lanczos step."""
+    a, b = _arrays(alpha, beta)
+    radius = float(np.abs(a).max()) + (2 * float(np.abs(b).max()) if b.size else 0.0)
+    lower = -2 * radius - np.finfo(np.float64).tiny
+    if not x > lower:
+        return 0
+    if a.size == 1:
+        return int(a[0] < x)
+    count, _, _, _, info = lapack.dstebz(a, b, _BY_VALUE, lower, x, 0, 0, np.inf, "B")
+    if info != 0:
+        raise RuntimeError(f"dstebz failed to count an order-{a.size} T below {x:g}: info {info}")
+    return int(count)
 
 
 def _bisect(a: np.ndarray, b: np.ndarray, i: int):
