@@ -34,6 +34,11 @@ SCRIPTS = [
         ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"],
     ),
     (
+        "bench_block_lanczos.py",
+        ["--dtype", "float64", "--blocks", "1", "2"],
+        ["d", "dtype", "steps", "passes_1", "err_1", "product_1", "est_1", "passes_2", "est_2"],
+    ),
+    (
         "bench_regularizers.py",
         ["--dtype", "float64", "--methods", "ours", "reference", "--parts"],
         ["N", "d", "method", "ms", "speedup", "value_err", "grad_err"],
@@ -69,6 +74,9 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
         if script == "bench_eigh.py" and row["method"] in ("ours", "ours_top"):
             # the step-cost columns of the CPU kernel (timings: not compared)
             assert row["lz_step"] > 0 and row["steps"] >= 1 and row["step_floor"] > 0
+        if script == "bench_block_lanczos.py":  # the block runs meet the default tol (1e-7)
+            assert row["steps"] >= 1 and row["err_1"] < 1e-5 and row["err_2"] < 1e-5
+            assert row["passes_1"] >= 1 and row["passes_2"] >= 1
         if script == "bench_backends.py":  # both backends meet the default tol (1e-7)
             assert row["ratio"] > 0 and row["max_rel_diff"] < 1e-5
             assert row["steps"] >= 1 and math.isfinite(row["extra_us_per_step"])
