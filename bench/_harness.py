@@ -33,6 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 SPECTRA = ("geometric", "loguniform", "wishart")
+#: The (kind, kappa) cases of the solver comparisons (bench_backends, bench_block_lanczos).
+SOLVER_SPECTRA = [
+    ("geometric", 1e2),
+    ("geometric", 1e4),
+    ("geometric", 1e6),
+    ("loguniform", 1e4),
+    ("wishart", float("nan")),
+]
 
 
 # --------------------------------------------------------------------------- arguments

@@ -25,13 +25,6 @@ import _steps
 import condnum
 from condnum import functional as F
 
-SPECTRA = [
-    ("geometric", 1e2),
-    ("geometric", 1e4),
-    ("geometric", 1e6),
-    ("loguniform", 1e4),
-    ("wishart", float("nan")),
-]
 QUICK_SPECTRA = [("geometric", 1e2), ("wishart", float("nan"))]
 OPS = {
     "extreme_eigh": lambda S: F.extreme_eigh(S)[:2],
@@ -72,7 +65,7 @@ def main() -> None:
     env = H.environment(device)
     name = args.name or "bench_backends"
     table = H.Table(name, COLUMNS, env, KEY, args.compare, time_column="portable_ms")
-    cases = H.matrix_cases(args, ds, QUICK_SPECTRA if args.quick else SPECTRA, device)
+    cases = H.matrix_cases(args, ds, QUICK_SPECTRA if args.quick else H.SOLVER_SPECTRA, device)
     for d, dtype, kind, kappa, S in cases:
         for op, fn in OPS.items():
             case = {"d": d, "dtype": str(dtype).removeprefix("torch."), "spectrum": kind}

@@ -39,13 +39,6 @@ from condnum import functional as F
 from condnum.defaults import DEFAULT_TOL
 from condnum.portable.lanczos import pseudo_random_unit
 
-SPECTRA = [
-    ("geometric", 1e2),
-    ("geometric", 1e4),
-    ("geometric", 1e6),
-    ("loguniform", 1e4),
-    ("wishart", float("nan")),
-]
 QUICK_SPECTRA = [("geometric", 1e4)]
 
 
@@ -113,36 +106,28 @@ def main() -> None:
         compare=args.compare,
         time_column=None,
     )
-    for d in ds:
-        for dtype in H.dtypes(args):
-            tol = DEFAULT_TOL[dtype]
-            for kind, kappa in QUICK_SPECTRA if args.quick else SPECTRA:
-                S = H.matrix(kind, d, kappa, dtype=dtype, device=device)
-                lam = float(torch.linalg.eigvalsh(S.double())[-1])
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # an unconverged solve reports via err
-                    steps = _steps.steps_per_call(lambda: F.top_eigh(S))  # noqa: B023
-                v = S[0].clone()
-                t_mv = H.timeit(lambda: torch.mv(S, v), mrt)  # noqa: B023
-                row = {
-                    "d": d,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "spectrum": kind,
-                    "kappa": "MP" if kind == "wishart" else kappa,
-                    "steps": steps,
-                }
-                for b in args.blocks:
-                    passes, theta = block_passes(S, b, tol, max(8, 2 * d // b))
-                    Vt = torch.randn(b, d, dtype=dtype, device=device)
-                    V = Vt.mT.contiguous()
-                    rows_ms = H.timeit(lambda: Vt @ S, mrt)  # noqa: B023
-                    cols_ms = H.timeit(lambda: S @ V, mrt)  # noqa: B023
-                    product = min(rows_ms, cols_ms) / t_mv
-                    row[f"passes_{b}"] = passes
-                    row[f"err_{b}"] = abs(theta - lam) / lam
-                    row[f"product_{b}"] = product
-                    row[f"est_{b}"] = passes * product / steps
-                table.add(**row)
+    cases = H.matrix_cases(args, ds, QUICK_SPECTRA if args.quick else H.SOLVER_SPECTRA, device)
+    for d, dtype, kind, kappa, S in cases:
+        lam = float(torch.linalg.eigvalsh(S.double())[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unconverged solve reports via err
+            steps = _steps.steps_per_call(lambda: F.top_eigh(S))  # noqa: B023
+        v = S[0].clone()
+        t_mv = H.timeit(lambda: torch.mv(S, v), mrt)  # noqa: B023
+        row = {"d": d, "dtype": str(dtype).removeprefix("torch."), "spectrum": kind}
+        row.update(kappa=kappa, steps=steps)
+        for b in args.blocks:
+            passes, theta = block_passes(S, b, DEFAULT_TOL[dtype], max(8, 2 * d // b))
+            Vt = torch.randn(b, d, dtype=dtype, device=device)
+            V = Vt.mT.contiguous()
+            rows_ms = H.timeit(lambda: Vt @ S, mrt)  # noqa: B023
+            cols_ms = H.timeit(lambda: S @ V, mrt)  # noqa: B023
+            product = min(rows_ms, cols_ms) / t_mv
+            row[f"passes_{b}"] = passes
+            row[f"err_{b}"] = abs(theta - lam) / lam
+            row[f"product_{b}"] = product
+            row[f"est_{b}"] = passes * product / steps
+        table.add(**row)
     table.save(args.name)
 
 
