@@ -106,6 +106,14 @@ class Lanczos:
             cache[("value", i)] = tridiagonal.eigenvalue(self.alpha, self.beta, i)
         return cache[("value", i)]
 
+    def max_abs_value(self) -> float:
+        """max(|theta_0|, |theta_{m-1}|): |theta_{m-1}| unless a Ritz value lies below
+        -|theta_{m-1}|, which one Sturm count tells; only then is theta_0 bisected for."""
+        top = abs(self.value(self.size - 1))
+        if self.size == 1 or self.count_below(-top) == 0:
+            return top
+        return max(top, abs(self.value(0)))
+
     def count_below(self, x: float) -> int:
         """Number of Ritz values below x (a Sturm count)."""
         return tridiagonal.sturm_count(self.alpha, self.beta, x)
@@ -179,8 +187,4 @@ class Acceptance:
 def rounding_floor(lz: Lanczos) -> float:
     """Float64 rounding in the Krylov basis perturbs every Ritz value by about eps times the
     largest Ritz magnitude, even once the space is invariant: a floor under the bound."""
-    return (
-        _policy.FLOOR_SLACK
-        * torch.finfo(torch.float64).eps
-        * max(abs(lz.value(0)), abs(lz.value(lz.size - 1)))
-    )
+    return _policy.FLOOR_SLACK * torch.finfo(torch.float64).eps * lz.max_abs_value()

@@ -306,7 +306,7 @@ struct Bottom {
 // The rounding floor under the residual bound (policy::rounding_floor). It matters when
 // eigenvalues below the threshold (a null space) map far above the wanted one.
 double rounding_floor(const Lanczos<double>& lz) {
-  return policy::rounding_floor(lz.value(0), lz.value(lz.size() - 1));
+  return policy::rounding_floor(0.0, lz.max_abs_value());
 }
 
 // Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}; the wanted Ritz value is the largest one

@@ -86,6 +86,57 @@ double bisect(const Tridiagonal& T, int64_t k, double lo, double hi, double abs_
   return 0.5 * (lo + hi);
 }
 
+// From a good bracket (the previous check's value) Newton needs 3-6 passes; from a wide one
+// it may crawl (a step is at least 1/m of the distance), so it stops after this many.
+constexpr int kNewtonPasses = 12;
+
+// The largest (bottom = false) or smallest eigenvalue of T, given a bracket [lo, hi] that
+// holds it, by Newton's method on p(x) = det(x I - T) (on -T for the smallest) from the
+// outer end of the bracket, then bisection on what is left. Beyond the top eigenvalue,
+// x I - T is positive definite, its LDL^T pivots d_i are positive and
+//   p'(x) / p(x) = sum_i 1 / (x - theta_i) = sum_i d_i' / d_i,
+// from d_0 = x - alpha_0, d_i = x - alpha_i - beta_{i-1}^2 / d_{i-1} and their derivatives.
+// For a polynomial with real roots, Newton from the right of the largest root never passes
+// it and converges quadratically once that root is separated from the next: a handful of
+// O(m) passes where bisection to machine precision takes 30-50 Sturm counts (each an O(m)
+// chain of divisions, the cost of a convergence check). A pass whose pivots are all
+// positive certifies its x as an upper end; the lower end is verified by a Sturm count, and
+// bisection, as before, finishes inside the bracket (a few halvings), so the value is the
+// one bisection alone would give, to its tolerance.
+double newton_end(const Tridiagonal& T, bool bottom, double lo, double hi, double pmin) {
+  const double sign = bottom ? -1.0 : 1.0;  // the top of sign * T
+  const int64_t m = T.m, k = bottom ? 0 : m - 1;
+  double upper = bottom ? -lo : hi, lower = bottom ? -hi : lo;  // around the top of sign * T
+  double x = upper;
+  for (int it = 0; it < kNewtonPasses; ++it) {
+    double d = x - sign * T.alpha[0], dp = 1.0, sum = 0.0;
+    bool definite = d > pmin;
+    for (int64_t i = 0; definite; ++i) {
+      const double r = 1.0 / d;
+      sum += dp * r;
+      if (i + 1 == m) break;
+      const double b2 = T.beta[i] * T.beta[i];
+      d = x - sign * T.alpha[i + 1] - b2 * r;
+      dp = 1.0 + b2 * r * r * dp;
+      definite = d > pmin;
+    }
+    if (!definite) break;  // x reached the eigenvalue by rounding: keep the last upper end
+    upper = x;
+    const double step = 1.0 / sum;  // at most x - theta_top, at least (x - theta_top) / m
+    x -= step;
+    if (step <= 2 * kEps * std::abs(x) || x <= lower) break;
+  }
+  // The lower end: an eigenvalue of sign * T lies at or above x minus a few roundings when
+  // Newton converged; the Sturm count (on T) confirms it, else the given end stays.
+  const double candidate = x - 4 * kEps * std::abs(x) - pmin;
+  if (candidate > lower) {
+    const double t = sign * candidate;  // the same point on T's axis
+    const int64_t below = sturm_count_impl(T, t, pmin);
+    if (bottom ? below >= 1 : below <= k) lower = candidate;
+  }
+  return bottom ? bisect(T, k, -upper, -lower, 0.0, pmin) : bisect(T, k, lower, upper, 0.0, pmin);
+}
+
 }  // namespace
 
 int64_t sturm_count(const Tridiagonal& T, double x) { return sturm_count_impl(T, x, pivmin(T)); }
@@ -211,7 +262,19 @@ bool Lanczos<scalar_t>::step() {
 
 template <typename scalar_t>
 double Lanczos<scalar_t>::value(int64_t i) const {
+  // An end as the last check found it at this size (ritz keeps them).
+  if (m_ > 1 && i == m_ - 1 && top_.m == m_ && top_.from_top == 0) return top_.value;
+  if (m_ > 1 && i == 0 && bottom_.m == m_) return bottom_.value;
   return tridiagonal_eigenvalue(tridiagonal(), i);
+}
+
+// max |theta_i| is |theta_{m-1}| unless a Ritz value lies below -|theta_{m-1}|, which one
+// Sturm count tells; only then is the smallest one bisected for.
+template <typename scalar_t>
+double Lanczos<scalar_t>::max_abs_value() const {
+  const double top = std::abs(value(m_ - 1));
+  if (m_ == 1 || count_below(-top) == 0) return top;
+  return std::max(top, std::abs(value(0)));
 }
 
 template <typename scalar_t>
@@ -259,7 +322,8 @@ void Lanczos<scalar_t>::ritz(int64_t i, Ritz& r) {
         hi = b;
       }
     }
-    r.value = bisect(T, i, lo, hi, 0.0, pmin);
+    r.value = bottom || i == m_ - 1 ? newton_end(T, bottom, lo, hi, pmin)
+                                    : bisect(T, i, lo, hi, 0.0, pmin);
     tridiagonal_eigenvector(T, r.value, r.s.data(), work_);
   }
   // Some eigenvalue of A lies within the residual r of theta (in exact arithmetic). The

@@ -6,7 +6,9 @@
 // against the whole basis by classical Gram-Schmidt, with a second pass when the first
 // removed more than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values
 // do not repeat. Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T
-// by O(m) tridiagonal routines: theta_i by Sturm-sequence bisection, s_i by inverse
+// by O(m) tridiagonal routines: theta_i by Sturm-sequence bisection (at the two ends of the
+// spectrum, which the checks read at every step, Newton's method on det(x I - T) from
+// outside the spectrum first, so that bisection has a few halvings left), s_i by inverse
 // iteration. Its residual is r = ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]|, and some
 // eigenvalue of A lies within r of theta_i: r is the error bound used (ARPACK's test; the
 // sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()).
@@ -72,12 +74,15 @@ class Lanczos {
   // Running max of |alpha|, beta: an estimate of ||A|| on the Krylov space.
   double scale() const { return scale_; }
 
-  // Ritz value i of T_m (0 = smallest), O(m) by bisection.
+  // Ritz value i of T_m (0 = smallest), O(m) by bisection, or as ritz() found it at this size.
   double value(int64_t i) const;
+  // The largest Ritz magnitude, max(|theta_0|, |theta_{m-1}|).
+  double max_abs_value() const;
   // Number of Ritz values below x.
   int64_t count_below(double x) const;
   // Ritz pair i with residual and error bound: O(m) (bisection, bracketed by the previous
-  // check at the same end, and inverse iteration for s_i).
+  // check at the same end, after Newton's method for the smallest and largest, and inverse
+  // iteration for s_i).
   Ritz ritz(int64_t i);
   // The same into r, reusing its storage (no allocation once r.s has capacity max_steps()).
   void ritz(int64_t i, Ritz& r);
