@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from condnum.portable import tridiagonal
+from condnum.portable.lanczos import Lanczos
 
 
 def _dense(alpha: list[float], beta: list[float]) -> torch.Tensor:
@@ -68,3 +69,26 @@ def test_sturm_count_at_the_eigenvalues_of_a_known_t():
         assert tridiagonal.sturm_count(alpha, beta, v - 1e-9) == k
         assert tridiagonal.sturm_count(alpha, beta, v + 1e-9) == k + 1
         assert abs(tridiagonal.eigenvalue(alpha, beta, k) - v) < 1e-14
+
+
+@given(
+    d=st.integers(2, 40),
+    seed=st.integers(0, 2**32 - 1),
+    negative=st.sampled_from([0.0, 0.5, 2.0]),
+    steps=st.integers(1, 12),
+)
+def test_lanczos_max_abs_value_is_the_largest_ritz_magnitude(d, seed, negative, steps):
+    """max_abs_value skips the bisection for theta_0 when a Sturm count shows that no Ritz
+    value lies below -|theta_{m-1}|: it must equal max(|theta_0|, |theta_{m-1}|) for
+    definite and indefinite operators alike (shift-and-invert's LDL^T operator is
+    indefinite, with its largest magnitudes at either end)."""
+    rng = np.random.default_rng(seed)
+    eigenvalues = rng.uniform(0.1, 1.0, d)
+    eigenvalues[: d // 3] *= -negative  # some negative eigenvalues, up to twice the positive
+    A = torch.diag(torch.from_numpy(eigenvalues))
+    lz = Lanczos(lambda v: A @ v, d, steps, torch.float64, torch.device("cpu"))
+    lz.start(torch.from_numpy(rng.standard_normal(d)))
+    while lz.step():
+        lz.ritz(lz.size - 1)  # as the checks do: the top pair first
+        expected = max(abs(lz.value(0)), abs(lz.value(lz.size - 1)))
+        assert lz.max_abs_value() == expected
