@@ -28,9 +28,15 @@ TORCH_LIBRARY(condnum, m) {
   m.def("_built_with_cuda() -> bool", []() -> bool { return CONDNUM_WITH_CUDA; });
 }
 
-// The Python module is empty: importing it runs the static registrations above.
+namespace condnum {
+PyMethodDef* tridiagonal_methods();  // csrc/cpu/tridiagonal_bindings.cpp
+}
+
+// Importing the Python module runs the static registrations above; its only functions are
+// the tridiagonal routines that the portable path's convergence checks call.
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
-                                   nullptr, nullptr, nullptr, nullptr};
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                   condnum::tridiagonal_methods(), nullptr, nullptr, nullptr,
+                                   nullptr};
   return PyModule_Create(&module_def);
 }

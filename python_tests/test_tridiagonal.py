@@ -1,4 +1,5 @@
-"""The portable Lanczos' tridiagonal routines against float64 torch.linalg.eigh of the dense T."""
+"""The tridiagonal routines (the CPU kernel's, which the portable path calls through condnum._C)
+against float64 torch.linalg.eigh of the dense T, and the portable Lanczos' use of them."""
 
 from __future__ import annotations
 
@@ -92,3 +93,28 @@ def test_lanczos_max_abs_value_is_the_largest_ritz_magnitude(d, seed, negative, 
         lz.ritz(lz.size - 1)  # as the checks do: the top pair first
         expected = max(abs(lz.value(0)), abs(lz.value(lz.size - 1)))
         assert lz.max_abs_value() == expected
+
+
+@given(
+    T=tridiagonals(),
+    end=st.sampled_from(["bottom", "top", "inside"]),
+    shift=st.sampled_from([0.0, 1e-12, 1e-7, -1e-7, 1e-3, -0.5]),
+    bound=st.sampled_from([0.0, 1e-10, 1e-4]),
+)
+def test_hinted_eigenvalue_equals_the_unhinted_one(T, end, shift, bound):
+    """A hint (the value at an earlier check, here moved by `shift` relative, wrong by up to
+    half the value) only narrows the bracket once verified: the result matches plain
+    bisection to rounding. At the ends this is the Newton path."""
+    alpha, beta = T
+    m = len(alpha)
+    i = {"bottom": 0, "top": m - 1, "inside": m // 2}[end]
+    exact = tridiagonal.eigenvalue(alpha, beta, i)
+    hint = (exact * (1 + shift), bound * abs(exact))
+    theta, s = tridiagonal.eigenpair(alpha, beta, i, hint)
+    norm = float(np.abs(np.linalg.eigvalsh(_dense(alpha, beta).numpy())).max())
+    # both bisect to 2 eps |theta| around where the Sturm count changes (which rounding can
+    # move by ~eps ||T|| between the two brackets)
+    assert abs(theta - exact) <= 8 * 2.2e-16 * abs(exact) + 4 * m * 2.2e-16 * norm
+    assert tridiagonal.eigenvalue(alpha, beta, i, hint) == theta
+    residual = np.linalg.norm(_dense(alpha, beta).numpy() @ s - theta * s)
+    assert residual <= 64 * m * 2.2e-16 * norm

@@ -5,10 +5,10 @@ a preallocated (max_steps + 1, d) device tensor) and the tridiagonal T = V^T A V
 the diagonal, beta off it). Each new direction w = A v_j is orthogonalised against the
 whole basis by classical Gram-Schmidt, always twice ("twice is enough": no host decision
 in the middle of a step). Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes
-from the small T on the host in float64 (condnum.portable.tridiagonal: bisection and
-inverse iteration for just the pairs a check reads); its residual ||A y_i - theta_i y_i|| =
-beta_m |s_i[m-1]| bounds the distance from theta_i to an eigenvalue of A (the CPU kernel's
-bound).
+from the small T on the host in float64, for just the pairs a check reads, by the CPU
+kernel's own routines (condnum.portable.tridiagonal), with the same hints from the previous
+check at each end; its residual ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]| bounds the
+distance from theta_i to an eigenvalue of A (the CPU kernel's bound).
 
 Host synchronisation: one copy of three numbers (alpha_j's two terms, beta_j) to the host
 per step, which is what each step's convergence check reads; nothing else. Cost per step:
@@ -39,6 +39,17 @@ class Ritz:
     s: torch.Tensor  # (m,) float64 eigenvector of T_m on the host: y_i = V_m^T s
 
 
+@dataclass
+class _End:
+    """The last check at one end of T's spectrum (the bottom, or a fixed offset from the
+    top): a hint for the next one, as in the CPU kernel."""
+
+    value: float = 0.0
+    bound: float = 0.0
+    m: int = 0
+    from_top: int = -1
+
+
 class Lanczos:
     """Lanczos on a symmetric operator ``apply: (d,) -> (d,)`` in ``dtype`` on ``device``."""
 
@@ -55,16 +66,14 @@ class Lanczos:
         self.max_steps = max(1, min(max_steps, d))
         self.V = torch.empty(self.max_steps + 1, d, dtype=dtype, device=device)
         self.eps = torch.finfo(dtype).eps
-        self.alpha: list[float] = []
-        self.beta: list[float] = []
+        self.alpha = np.zeros(self.max_steps)  # T on the host: alpha[:m], beta[:m] (beta_m last)
+        self.beta = np.zeros(self.max_steps)
+        self.size = 0
         self.scale = 0.0  # running max of |alpha|, beta: an estimate of ||A||
         self.invariant = False
+        self._bottom, self._top = _End(), _End()
         self._cache_m = 0  # Ritz values and pairs of T_m by (kind, index), for m = _cache_m
         self._cache: dict[tuple[str, int], tuple[float, np.ndarray] | float] = {}
-
-    @property
-    def size(self) -> int:
-        return len(self.alpha)
 
     @property
     def can_step(self) -> bool:
@@ -82,14 +91,17 @@ class Lanczos:
         w, coefficients = orthogonalised_step(self.apply, self.V[: j + 1])
         h, h2, beta = coefficients.tolist()
         alpha = h + h2
-        self.alpha.append(alpha)
-        self.beta.append(beta)
+        self.alpha[j], self.beta[j] = alpha, beta
+        self.size = j + 1
         self.scale = max(self.scale, abs(alpha), beta)
         threshold = _policy.BREAKDOWN * math.sqrt(self.d) * self.eps * self.scale
         self.invariant = beta <= threshold or self.size == self.d
         if not self.invariant:
             torch.div(w, beta, out=self.V[j + 1])
         return True
+
+    def _tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.alpha[: self.size], self.beta[: self.size]
 
     def _cache_for_size(self) -> dict[tuple[str, int], tuple[float, np.ndarray] | float]:
         """Ritz values ("value", i) and pairs ("pair", i) of the current T_m."""
@@ -98,12 +110,17 @@ class Lanczos:
         return self._cache
 
     def value(self, i: int) -> float:
-        """Ritz value i of T_m (0 = the smallest), by bisection."""
+        """Ritz value i of T_m (0 = the smallest), by bisection, or as ritz() found it."""
+        m = self.size
+        if m > 1 and i == m - 1 and self._top.m == m and self._top.from_top == 0:
+            return self._top.value
+        if m > 1 and i == 0 and self._bottom.m == m:
+            return self._bottom.value
         cache = self._cache_for_size()
         if ("pair", i) in cache:
             return cache[("pair", i)][0]
         if ("value", i) not in cache:
-            cache[("value", i)] = tridiagonal.eigenvalue(self.alpha, self.beta, i)
+            cache[("value", i)] = tridiagonal.eigenvalue(*self._tridiagonal(), i)
         return cache[("value", i)]
 
     def max_abs_value(self) -> float:
@@ -116,16 +133,29 @@ class Lanczos:
 
     def count_below(self, x: float) -> int:
         """Number of Ritz values below x (a Sturm count)."""
-        return tridiagonal.sturm_count(self.alpha, self.beta, x)
+        return tridiagonal.sturm_count(*self._tridiagonal(), x)
 
     def ritz(self, i: int) -> Ritz:
+        """Ritz pair i with its bound, bisected for from the last check at the same end
+        (the bottom, or the same offset from the top) when there is one."""
+        m = self.size
         cache = self._cache_for_size()
         if ("pair", i) not in cache:
-            cache[("pair", i)] = tridiagonal.eigenpair(self.alpha, self.beta, i)
+            bottom = i == 0 and m > 1
+            from_top = m - 1 - i
+            e = self._bottom if bottom else self._top
+            hinted = 0 < e.m < m and (bottom or e.from_top == from_top)
+            theta, s = tridiagonal.eigenpair(
+                *self._tridiagonal(), i, (e.value, e.bound) if hinted else None
+            )
+            cache[("pair", i)] = theta, s
+            if m > 1 and (e.m != m or bottom or e.from_top == from_top):
+                e.value, e.bound, e.m, e.from_top = theta, self._bound(s), m, from_top
         theta, s = cache[("pair", i)]
-        m = self.size
-        bound = 0.0 if self.invariant else self.beta[m - 1] * abs(float(s[m - 1]))
-        return Ritz(i, m, theta, bound, torch.from_numpy(s))
+        return Ritz(i, m, theta, self._bound(s), torch.from_numpy(s))
+
+    def _bound(self, s: np.ndarray) -> float:
+        return 0.0 if self.invariant else float(self.beta[self.size - 1] * abs(s[-1]))
 
     def ritz_vector(self, r: Ritz, dtype: torch.dtype) -> torch.Tensor:
         """y = V^T s, unit, accumulated in float64, returned in ``dtype``."""

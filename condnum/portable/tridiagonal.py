@@ -1,9 +1,17 @@
 """Eigenpairs of a symmetric tridiagonal T (alpha on the diagonal, beta off it) in O(m).
 
 The Lanczos checks want one or two Ritz pairs of T and counts of Ritz values below a
-point, not the whole spectrum: a Sturm count, bisection for the i-th eigenvalue (LAPACK
-``dstebz``, to full relative accuracy) and inverse iteration for its vector (``dstein``),
-as the CPU kernel does, in place of a dense O(m^3) ``eigh`` of T at every check.
+point, not the whole spectrum. These are the CPU kernel's routines (csrc/cpu/lanczos.cpp),
+called on the host through ``condnum._C``, so every backend's convergence checks run the
+same code: a Sturm count, bisection for the i-th eigenvalue (Newton's method on
+det(x I - T) first for the smallest and largest, given a hint), and inverse iteration for
+its vector. A check runs at every Lanczos step, where a Python loop over T would cost more
+than the step's own BLAS work.
+
+``alpha`` (m values) and ``beta`` (at least m - 1; the rest, such as beta_m, is ignored)
+are float64 sequences or arrays. A hint ``(value, bound)`` is what eigenvalue i was at an
+earlier check of the same Lanczos run, at the same end of the spectrum; it is verified
+before use, so a wrong one costs time, not accuracy.
 """
 
 from __future__ import annotations
@@ -11,61 +19,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.linalg import lapack
 
-# Bisection to twice the underflow threshold: each eigenvalue to the relative accuracy that
-# T's entries determine (LAPACK's advice for dstebz's abstol).
-_ABSTOL = 2 * np.finfo(np.float64).tiny
-_BY_VALUE, _BY_INDEX = 1, 2  # dstebz's RANGE = 'V', 'I'
+from condnum import _C
+
+
+def _bytes(alpha: Sequence[float], beta: Sequence[float]) -> tuple[bytes, bytes]:
+    a = np.ascontiguousarray(alpha, dtype=np.float64)
+    b = np.ascontiguousarray(beta, dtype=np.float64)[: max(a.size - 1, 0)]
+    return a.tobytes(), b.tobytes()
 
 
 def sturm_count(alpha: Sequence[float], beta: Sequence[float], x: float) -> int:
     """Number of eigenvalues of T below x: the negative pivots of the LDL^T factorisation
-    of T - x I with LAPACK's pivmin rule, as ``dstebz`` counts them for the interval
-    (lower, x], ``lower`` below T's Gershgorin discs, with no bisection after the count
-    (an infinite abstol). A loop over T in Python would cost more than a Lanczos step."""
-    a, b = _arrays(alpha, beta)
-    radius = float(np.abs(a).max()) + (2 * float(np.abs(b).max()) if b.size else 0.0)
-    lower = -2 * radius - np.finfo(np.float64).tiny
-    if not x > lower:
-        return 0
-    if a.size == 1:
-        return int(a[0] < x)
-    count, _, _, _, info = lapack.dstebz(a, b, _BY_VALUE, lower, x, 0, 0, np.inf, "B")
-    if info != 0:
-        raise RuntimeError(f"dstebz failed to count an order-{a.size} T below {x:g}: info {info}")
-    return int(count)
+    of T - x I, a pivot below pivmin = tiny * max(1, beta^2) in magnitude counting as
+    negative (LAPACK's rule)."""
+    return _C._sturm_count(*_bytes(alpha, beta), float(x))
 
 
-def _bisect(a: np.ndarray, b: np.ndarray, i: int):
-    m, w, iblock, isplit, info = lapack.dstebz(
-        a, b, _BY_INDEX, 0.0, 0.0, i + 1, i + 1, _ABSTOL, "B"
-    )
-    if info != 0 or m != 1:
-        raise RuntimeError(f"dstebz failed for eigenvalue {i} of an order-{a.size} T: info {info}")
-    return w, iblock, isplit
+def eigenvalue(
+    alpha: Sequence[float],
+    beta: Sequence[float],
+    i: int,
+    hint: tuple[float, float] | None = None,
+) -> float:
+    """The i-th smallest eigenvalue of T (i = 0 the smallest), to about machine precision."""
+    value, bound = hint if hint is not None else (0.0, -1.0)
+    return _C._ritz_value(*_bytes(alpha, beta), i, value, bound)
 
 
-def _arrays(alpha: Sequence[float], beta: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    m = len(alpha)
-    return np.asarray(alpha, dtype=np.float64), np.asarray(beta[: m - 1], dtype=np.float64)
-
-
-def eigenvalue(alpha: Sequence[float], beta: Sequence[float], i: int) -> float:
-    """The i-th smallest eigenvalue of T (i = 0 the smallest), by bisection."""
-    if len(alpha) == 1:
-        return float(alpha[0])
-    return float(_bisect(*_arrays(alpha, beta), i)[0][0])
-
-
-def eigenpair(alpha: Sequence[float], beta: Sequence[float], i: int) -> tuple[float, np.ndarray]:
-    """(theta_i, s_i): the i-th smallest eigenvalue of T and its unit eigenvector (m,),
-    by bisection and inverse iteration."""
-    if len(alpha) == 1:
-        return float(alpha[0]), np.ones(1)
-    a, b = _arrays(alpha, beta)
-    w, iblock, isplit = _bisect(a, b, i)
-    z, info = lapack.dstein(a, b, w[:1], iblock, isplit)
-    if info != 0:
-        raise RuntimeError(f"dstein did not converge for eigenvalue {i} of an order-{a.size} T")
-    return float(w[0]), z[:, 0]
+def eigenpair(
+    alpha: Sequence[float],
+    beta: Sequence[float],
+    i: int,
+    hint: tuple[float, float] | None = None,
+) -> tuple[float, np.ndarray]:
+    """(theta_i, s_i): the i-th smallest eigenvalue of T and its unit eigenvector (m,)."""
+    a, b = _bytes(alpha, beta)
+    value, bound = hint if hint is not None else (0.0, -1.0)
+    theta = _C._ritz_value(a, b, i, value, bound)
+    return theta, np.frombuffer(_C._ritz_vector(a, b, theta), dtype=np.float64).copy()

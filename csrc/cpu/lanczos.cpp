@@ -148,6 +148,32 @@ double tridiagonal_eigenvalue(const Tridiagonal& T, int64_t k) {
   return bisect(T, k, lo, hi, 0.0, pivmin(T));
 }
 
+// Ritz values move monotonically outwards as the basis grows (Cauchy interlacing: the
+// k-th from the bottom falls, the k-th from the top rises), and by little once converged,
+// so the value found at the previous check brackets the new one tightly. The bracket is
+// verified by two Sturm counts before use.
+double ritz_value(const Tridiagonal& T, int64_t i, const RitzHint* hint) {
+  TORCH_INTERNAL_ASSERT(i >= 0 && i < T.m);
+  if (T.m == 1) return T.alpha[0];
+  const bool bottom = i == 0;
+  const double pmin = pivmin(T);
+  auto [lo, hi] = gershgorin(T);
+  if (hint != nullptr) {
+    const double slack = 4 * kEps * (std::abs(lo) + std::abs(hi)) + pmin;
+    const double w = std::max(4 * hint->bound, 1e-6 * std::abs(hint->value)) + slack;
+    const double a = bottom ? hint->value - w : hint->value - slack;
+    const double b = bottom ? hint->value + slack : hint->value + w;
+    if (a < b && sturm_count_impl(T, a, pmin) <= i && sturm_count_impl(T, b, pmin) > i) {
+      // Newton from the outer end of a bracket this narrow converges in a few passes (from
+      // Gershgorin's it would crawl).
+      if (bottom || i == T.m - 1) return newton_end(T, bottom, a, b, pmin);
+      lo = a;
+      hi = b;
+    }
+  }
+  return bisect(T, i, lo, hi, 0.0, pmin);
+}
+
 void tridiagonal_eigenvector(const Tridiagonal& T, double theta, double* s,
                              std::vector<double>& work) {
   const int64_t m = T.m;
@@ -282,10 +308,6 @@ int64_t Lanczos<scalar_t>::count_below(double x) const {
   return sturm_count(tridiagonal(), x);
 }
 
-// Ritz values move monotonically outwards as the basis grows (Cauchy interlacing: the
-// k-th from the bottom falls, the k-th from the top rises), and by little once converged,
-// so the value found at the previous check brackets the new one tightly. The bracket is
-// verified by two Sturm counts before use.
 template <typename scalar_t>
 Ritz Lanczos<scalar_t>::ritz(int64_t i) {
   Ritz r;
@@ -306,26 +328,9 @@ void Lanczos<scalar_t>::ritz(int64_t i, Ritz& r) {
   const int64_t from_top = m_ - 1 - i;
   End& e = bottom ? bottom_ : top_;
   const bool hinted = e.m > 0 && e.m < m_ && (bottom || e.from_top == from_top);
-  if (m_ == 1) {
-    r.value = alpha_[0];
-    r.s[0] = 1.0;
-  } else {
-    const double pmin = pivmin(T);
-    auto [lo, hi] = gershgorin(T);
-    if (hinted) {
-      const double slack = 4 * kEps * (std::abs(lo) + std::abs(hi)) + pmin;
-      const double w = std::max(4 * e.bound, 1e-6 * std::abs(e.value)) + slack;
-      const double a = bottom ? e.value - w : e.value - slack;
-      const double b = bottom ? e.value + slack : e.value + w;
-      if (a < b && sturm_count_impl(T, a, pmin) <= i && sturm_count_impl(T, b, pmin) > i) {
-        lo = a;
-        hi = b;
-      }
-    }
-    r.value = bottom || i == m_ - 1 ? newton_end(T, bottom, lo, hi, pmin)
-                                    : bisect(T, i, lo, hi, 0.0, pmin);
-    tridiagonal_eigenvector(T, r.value, r.s.data(), work_);
-  }
+  const RitzHint hint{e.value, e.bound};
+  r.value = ritz_value(T, i, hinted ? &hint : nullptr);
+  tridiagonal_eigenvector(T, r.value, r.s.data(), work_);
   // Some eigenvalue of A lies within the residual r of theta (in exact arithmetic). The
   // sharper r^2 / gap is not used: while theta mixes the eigenvectors of an unresolved
   // cluster, the Ritz gap overstates the true gap and r^2 / gap accepts a value that lies
