@@ -48,13 +48,19 @@ PyObject* ritz_value_py(PyObject*, PyObject* args) {
   return PyFloat_FromDouble(ritz_value(T, i, hint_bound >= 0 ? &hint : nullptr));
 }
 
-PyObject* ritz_vector_py(PyObject*, PyObject* args) {
+// Arguments (alpha, beta, x): T and x; false, with a Python error set, when they do not fit.
+// T views the argument bytes, which live as long as the call.
+bool parse_tridiagonal_and_point(PyObject* args, Tridiagonal& T, double& x) {
   const char *a, *b;
   Py_ssize_t a_len, b_len;
-  double theta;
-  if (!PyArg_ParseTuple(args, "y#y#d", &a, &a_len, &b, &b_len, &theta)) return nullptr;
+  return PyArg_ParseTuple(args, "y#y#d", &a, &a_len, &b, &b_len, &x) &&
+         parse_tridiagonal(a, a_len, b, b_len, T);
+}
+
+PyObject* ritz_vector_py(PyObject*, PyObject* args) {
   Tridiagonal T{};
-  if (!parse_tridiagonal(a, a_len, b, b_len, T)) return nullptr;
+  double theta = 0;
+  if (!parse_tridiagonal_and_point(args, T, theta)) return nullptr;
   std::vector<double> s(T.m), work;
   tridiagonal_eigenvector(T, theta, s.data(), work);
   return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(s.data()),
@@ -62,12 +68,9 @@ PyObject* ritz_vector_py(PyObject*, PyObject* args) {
 }
 
 PyObject* sturm_count_py(PyObject*, PyObject* args) {
-  const char *a, *b;
-  Py_ssize_t a_len, b_len;
-  double x;
-  if (!PyArg_ParseTuple(args, "y#y#d", &a, &a_len, &b, &b_len, &x)) return nullptr;
   Tridiagonal T{};
-  if (!parse_tridiagonal(a, a_len, b, b_len, T)) return nullptr;
+  double x = 0;
+  if (!parse_tridiagonal_and_point(args, T, x)) return nullptr;
   return PyLong_FromLongLong(sturm_count(T, x));
 }
 
