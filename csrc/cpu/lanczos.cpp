@@ -141,13 +141,6 @@ double newton_end(const Tridiagonal& T, bool bottom, double lo, double hi, doubl
 
 int64_t sturm_count(const Tridiagonal& T, double x) { return sturm_count_impl(T, x, pivmin(T)); }
 
-double tridiagonal_eigenvalue(const Tridiagonal& T, int64_t k) {
-  TORCH_INTERNAL_ASSERT(k >= 0 && k < T.m);
-  if (T.m == 1) return T.alpha[0];
-  const auto [lo, hi] = gershgorin(T);
-  return bisect(T, k, lo, hi, 0.0, pivmin(T));
-}
-
 // Ritz values move monotonically outwards as the basis grows (Cauchy interlacing: the
 // k-th from the bottom falls, the k-th from the top rises), and by little once converged,
 // so the value found at the previous check brackets the new one tightly. The bracket is
@@ -291,7 +284,7 @@ double Lanczos<scalar_t>::value(int64_t i) const {
   // An end as the last check found it at this size (ritz keeps them).
   if (m_ > 1 && i == m_ - 1 && top_.m == m_ && top_.from_top == 0) return top_.value;
   if (m_ > 1 && i == 0 && bottom_.m == m_) return bottom_.value;
-  return tridiagonal_eigenvalue(tridiagonal(), i);
+  return ritz_value(tridiagonal(), i, nullptr);
 }
 
 // max |theta_i| is |theta_{m-1}| unless a Ritz value lies below -|theta_{m-1}|, which one

@@ -33,16 +33,14 @@ struct Tridiagonal {
 };
 // Number of eigenvalues of T below x (Sturm sequence of the LDL^T pivots of T - x I).
 int64_t sturm_count(const Tridiagonal& T, double x);
-// The k-th smallest eigenvalue (k = 0 .. m-1) of T, to about machine precision, by bisection.
-double tridiagonal_eigenvalue(const Tridiagonal& T, int64_t k);
 // What a Ritz value i was at an earlier check of the same Lanczos run, at the same end of
 // the spectrum (i = 0, or the same offset from the top), with its error bound.
 struct RitzHint {
   double value, bound;
 };
 // Ritz value i of T (0 = the smallest) to about machine precision: bisection in T's
-// Gershgorin interval, or in the bracket a hint gives once two Sturm counts verify it;
-// the smallest and the largest by Newton's method on det(x I - T) first.
+// Gershgorin interval, or in the bracket a hint gives once two Sturm counts verify it, where
+// the smallest and the largest are found by Newton's method on det(x I - T) first.
 double ritz_value(const Tridiagonal& T, int64_t i, const RitzHint* hint);
 // A unit eigenvector s (m,) of T for its eigenvalue theta, by inverse iteration (tridiagonal
 // LU with partial pivoting). `work` is resized as needed.
