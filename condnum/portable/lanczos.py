@@ -111,11 +111,6 @@ class Lanczos:
 
     def value(self, i: int) -> float:
         """Ritz value i of T_m (0 = the smallest), by bisection, or as ritz() found it."""
-        m = self.size
-        if m > 1 and i == m - 1 and self._top.m == m and self._top.from_top == 0:
-            return self._top.value
-        if m > 1 and i == 0 and self._bottom.m == m:
-            return self._bottom.value
         cache = self._cache_for_size()
         if ("pair", i) in cache:
             return cache[("pair", i)][0]
