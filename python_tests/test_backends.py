@@ -22,6 +22,7 @@ import condnum
 from condnum import _policy, reference
 from condnum import functional as F
 from condnum.portable.checks import max_asymmetry
+from condnum.portable.lanczos import Lanczos, pseudo_random_unit
 
 ops = torch.ops.condnum
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -222,3 +223,27 @@ def test_portable_asymmetry_by_panels_equals_the_full_difference(d, dtype):
     assert max_asymmetry(S) == (S - S.mT).abs().amax()
     S[d - 1, 0] = float("nan")
     assert max_asymmetry(S).isnan()
+
+
+@pytest.mark.parametrize("copy_to_host", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_portable_lanczos_steps_build_t_as_v_transpose_s_v(copy_to_host, dtype):
+    """The host reads each step's alpha and beta in place on the CPU and from a copy on
+    other devices: both reads (the copy forced here) give T = V^T S V."""
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    S = (A @ A.mT).to(dtype)
+    lz = Lanczos(lambda v: torch.mv(S, v), 40, 25, dtype, S.device)
+    if copy_to_host:
+        lz._host = torch.empty_like(lz.coefficients)
+        lz._host_view = lz._host.numpy()
+    lz.start(pseudo_random_unit(40, dtype, S.device))
+    while lz.step():
+        pass
+    m = lz.size
+    V = lz.V[:m].double()
+    T = V @ S.double() @ V.mT
+    alpha, beta = torch.from_numpy(lz.alpha[:m]), torch.from_numpy(lz.beta[: m - 1])
+    expected = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+    scale = T.abs().max().item()
+    torch.testing.assert_close(T, expected, rtol=0, atol=100 * torch.finfo(dtype).eps * scale)

@@ -29,7 +29,7 @@ import torch
 from condnum import _policy
 from condnum._ops import check_budget, check_square, fail
 from condnum.portable.checks import range_scale, symmetrized
-from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, pseudo_random_unit
+from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, deflated, pseudo_random_unit
 from condnum.portable.shift_invert import shift_invert_bottom
 
 
@@ -171,15 +171,9 @@ def _restart_check(W, p: Plain, top: Ritz, steps, num_iters, tol, rtol, want_bot
     in the numerical range converges at or above it (minus its bound) within ``steps`` +
     RATE_WINDOW steps; otherwise shift-and-invert takes over from the check's bottom vector."""
     d = W.shape[0]
-    y = p.u_max.to(W.dtype)
-
-    def apply(v: torch.Tensor) -> torch.Tensor:  # P S P v for v orthogonal to y
-        w = torch.mv(W, v)
-        return w - y * torch.dot(y, w)
-
+    apply, project = deflated(lambda v: torch.mv(W, v), p.u_max.to(W.dtype))
     ck = Lanczos(apply, d, num_iters, W.dtype, W.device)
-    start = pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM)
-    ck.start(start - y * torch.dot(y, start))
+    ck.start(project(pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM)))
     check_bottom = want_bottom and p.bottom_converged
     below = p.lam_bottom - p.err_bottom * p.lam_bottom
     top_decided, bottom_decided, bottom_refuted = False, not check_bottom, False

@@ -75,9 +75,10 @@ def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
     beta = torch.zeros(m, dtype=torch.float64, device=W.device)
     scale = torch.zeros((), dtype=torch.float64, device=W.device)  # running estimate of ||S||
     eps = torch.finfo(W.dtype).eps
+    coefficients = torch.empty(3, m, dtype=W.dtype, device=W.device)
     for j in range(m):
-        w, coefficients = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1])
-        h, h2, b = coefficients.double()
+        w = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1], coefficients)
+        h, h2, b = coefficients[:, j].double()
         a = h + h2
         scale = torch.maximum(scale, torch.maximum(a.abs(), b))
         alive = b > _policy.BREAKDOWN * math.sqrt(d) * eps * scale

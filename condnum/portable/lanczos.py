@@ -10,10 +10,11 @@ kernel's own routines (condnum.portable.tridiagonal), with the same hints from t
 check at each end; its residual ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]| bounds the
 distance from theta_i to an eigenvalue of A (the CPU kernel's bound).
 
-Host synchronisation: one copy of three numbers (alpha_j's two terms, beta_j) to the host
-per step, which is what each step's convergence check reads; nothing else. Cost per step:
-one operator application plus 8 m d flops; a check costs O(m) per Ritz pair it reads, on
-the host.
+Host synchronisation: one copy of the step's three numbers (alpha_j's two terms, beta_j,
+in a (3, max_steps) buffer, copied whole in one transfer) to the host per step, which is
+what each step's convergence check reads; nothing else, and on the CPU not even that copy
+(the host reads the buffer's memory). Cost per step: one operator application plus 8 m d
+flops, in seven torch calls; a check costs O(m) per Ritz pair it reads, on the host.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class Lanczos:
         self.d = d
         self.max_steps = max(1, min(max_steps, d))
         self.V = torch.empty(self.max_steps + 1, d, dtype=dtype, device=device)
+        self.coefficients = torch.empty(3, self.max_steps, dtype=dtype, device=device)
+        on_cpu = self.coefficients.device.type == "cpu"  # then the host reads it in place
+        self._host = (
+            self.coefficients if on_cpu else torch.empty_like(self.coefficients, device="cpu")
+        )
+        self._host_view = self._host.numpy()  # reads without a torch call
         self.eps = torch.finfo(dtype).eps
         self.alpha = np.zeros(self.max_steps)  # T on the host: alpha[:m], beta[:m] (beta_m last)
         self.beta = np.zeros(self.max_steps)
@@ -88,8 +95,10 @@ class Lanczos:
         if not self.can_step:
             return False
         j = self.size
-        w, coefficients = orthogonalised_step(self.apply, self.V[: j + 1])
-        h, h2, beta = coefficients.tolist()
+        w = orthogonalised_step(self.apply, self.V[: j + 1], self.coefficients)
+        if self._host is not self.coefficients:
+            self._host.copy_(self.coefficients)
+        h, h2, beta = (float(x) for x in self._host_view[:, j])
         alpha = h + h2
         self.alpha[j], self.beta[j] = alpha, beta
         self.size = j + 1
@@ -160,20 +169,39 @@ class Lanczos:
 
 
 def orthogonalised_step(
-    apply: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(w, coefficients)`` for the basis ``[v_0 .. v_j]`` (rows): w = A v_j orthogonalised
-    against the basis twice by classical Gram-Schmidt, and one (3,) tensor in the basis'
-    dtype on the device (no host synchronisation): the two passes' coefficients of v_j,
-    whose sum is alpha_j = v_j^T A v_j (the caller adds them in float64), and
-    beta_j = ||w||."""
+    apply: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """w = A v_j for the basis ``[v_0 .. v_j]`` (rows), orthogonalised against the basis twice
+    by classical Gram-Schmidt. ``apply`` returns a new tensor (updated in place here). The
+    step's numbers go to column j of ``coefficients`` (3, n > j), in the basis' dtype on the
+    device (no host synchronisation): rows 0 and 1 the two passes' coefficients of v_j,
+    whose sum is alpha_j = v_j^T A v_j (the caller adds them in float64), row 2 beta_j =
+    ||w||; rows 0 and 1 of the columns before j are overwritten with the other basis
+    vectors' coefficients."""
     j = basis.shape[0] - 1
     w = apply(basis[j])
-    h = torch.mv(basis, w)
-    w = torch.addmv(w, basis.mT, h, alpha=-1)
-    h2 = torch.mv(basis, w)
-    w = torch.addmv(w, basis.mT, h2, alpha=-1)
-    return w, torch.stack((h[j], h2[j], torch.linalg.vector_norm(w)))
+    h = torch.mv(basis, w, out=coefficients[0, : j + 1])
+    w.addmv_(basis.mT, h, alpha=-1)
+    h2 = torch.mv(basis, w, out=coefficients[1, : j + 1])
+    w.addmv_(basis.mT, h2, alpha=-1)
+    torch.linalg.vector_norm(w, out=coefficients[2, j])
+    return w
+
+
+def deflated(
+    apply: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """``(P A P, P)`` on vectors orthogonal to the unit y, P = I - y y^T: the operator of a
+    restart check, and the projection of its start. ``apply`` returns a new tensor."""
+
+    def operator(v: torch.Tensor) -> torch.Tensor:
+        w = apply(v)
+        return w.addcmul_(y, torch.dot(y, w), value=-1)
+
+    def project(v: torch.Tensor) -> torch.Tensor:
+        return v.addcmul(y, torch.dot(y, v), value=-1)
+
+    return operator, project
 
 
 @lru_cache(maxsize=16)

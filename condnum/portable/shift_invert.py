@@ -26,6 +26,7 @@ from condnum.portable.lanczos import (
     Acceptance,
     Lanczos,
     Ritz,
+    deflated,
     pseudo_random_unit,
     rounding_floor,
 )
@@ -55,14 +56,9 @@ def deflated_check(
     vector u and, as its bound, the residual ||A u - theta u|| (one more application of A);
     None when the check agrees. ``accepted(check, pair)``: the first run's rule."""
     y = lz.ritz_vector(r, torch.float64)
-
-    def deflated(v: torch.Tensor) -> torch.Tensor:
-        w = apply(v)
-        return w - y * torch.dot(y, w)
-
-    ck = Lanczos(deflated, lz.d, num_iters, torch.float64, y.device)
-    start = pseudo_random_unit(lz.d, torch.float64, y.device, _policy.CHECK_STREAM)
-    ck.start(start - y * torch.dot(y, start))
+    operator, project = deflated(apply, y)
+    ck = Lanczos(operator, lz.d, num_iters, torch.float64, y.device)
+    ck.start(project(pseudo_random_unit(lz.d, torch.float64, y.device, _policy.CHECK_STREAM)))
     ok = Acceptance()
     c = None
     while ck.step():
