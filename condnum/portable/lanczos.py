@@ -14,7 +14,8 @@ Host synchronisation: one copy of the step's three numbers (alpha_j's two terms,
 in a (3, max_steps) buffer, copied whole in one transfer) to the host per step, which is
 what each step's convergence check reads; nothing else, and on the CPU not even that copy
 (the host reads the buffer's memory). Cost per step: one operator application plus 8 m d
-flops, in seven torch calls; a check costs O(m) per Ritz pair it reads, on the host.
+flops, in six device operations after the product (two per Gram-Schmidt pass, beta_j,
+and the division into the next basis row); a check costs O(m) per Ritz pair it reads, on the host.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Lanczos:
         w = orthogonalised_step(self.apply, self.V[: j + 1], self.coefficients)
         if self._host is not self.coefficients:
             self._host.copy_(self.coefficients)
-        h, h2, beta = (float(x) for x in self._host_view[:, j])
+        h, h2, beta = self._host_view[:, j].tolist()
         alpha = h + h2
         self.alpha[j], self.beta[j] = alpha, beta
         self.size = j + 1
