@@ -216,6 +216,13 @@ def timeit(fn: Callable[[], Any], min_run_time: float = 0.3) -> float:
     return (min(m.times) if STAT == "min" else m.median) * 1e3
 
 
+def combine(samples: Sequence[float]) -> float:
+    """One time from several ``timeit`` results of the same call: their minimum under
+    ``--stat min``, else their median."""
+    ordered = sorted(samples)
+    return ordered[0] if STAT == "min" else ordered[len(ordered) // 2]
+
+
 # --------------------------------------------------------------------------- matrices
 
 

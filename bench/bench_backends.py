@@ -1,14 +1,16 @@
 """The portable implementation against the native CPU kernel, in the same process.
 
 For each dtype and spectrum, times a cold ``extreme_eigh`` and a cold ``top_eigh`` of the same
-S once under ``condnum.backend("native")`` and once under ``condnum.backend("portable")``;
+S under ``condnum.backend("native")`` and under ``condnum.backend("portable")``;
 `ratio` is portable's time over native's (1.0: as fast). `max_rel_diff` is the larger
 relative difference between the two backends' eigenvalues. `steps` counts the native
 kernel's solver steps per call (its profiler ranges; both backends follow one policy, so
 the portable path takes the same steps where their eigenvalues agree), and
 `extra_us_per_step` = (portable - native) / steps is what the portable path adds per step
 (its once-per-call work spread over the steps): Python, torch's per-call dispatch, and the
-host copy and tridiagonal work of each step's convergence check.
+host copy and tridiagonal work of each step's convergence check. The two backends are
+timed alternately, three rounds each (the minimum or median of the rounds, as ``--stat``
+says), so that the machine's load, which drifts on shared machines, weighs on both alike.
 
     python bench/bench_backends.py --quick
     python bench/bench_backends.py --d 768 --threads 1 --stat min
@@ -25,6 +27,7 @@ import _steps
 import condnum
 from condnum import functional as F
 
+ROUNDS = 3  # the backends are timed alternately, so that a change of load moves both
 QUICK_SPECTRA = [("geometric", 1e2), ("wishart", float("nan"))]
 OPS = {
     "extreme_eigh": lambda S: F.extreme_eigh(S)[:2],
@@ -36,13 +39,16 @@ COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff", "steps", "
 
 def compare(S, fn, min_run_time: float) -> dict[str, float]:
     """Both backends' times of ``fn(S)``, their ratio and the eigenvalues' largest difference."""
-    ms, lams = {}, {}
+    times: dict[str, list[float]] = {"native": [], "portable": []}
+    lams = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged solves report via err
-        for backend in ("native", "portable"):
-            with condnum.backend(backend):
-                ms[backend] = H.timeit(lambda: fn(S), min_run_time)
-                lams[backend] = [float(x) for x in fn(S)]
+        for _ in range(ROUNDS):
+            for backend, samples in times.items():
+                with condnum.backend(backend):
+                    samples.append(H.timeit(lambda: fn(S), min_run_time / ROUNDS))
+                    lams[backend] = [float(x) for x in fn(S)]
+        ms = {backend: H.combine(samples) for backend, samples in times.items()}
         with condnum.backend("native"):
             steps = _steps.steps_per_call(lambda: fn(S))
     pairs = zip(lams["portable"], lams["native"], strict=True)
