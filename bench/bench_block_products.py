@@ -8,30 +8,41 @@ S @ V with V (d, k); `rows_ms`, V^T S with V^T stored as k contiguous rows (S sy
 so it is (S V)^T; a Lanczos basis is stored as rows). `best_over_mv` = the faster of the
 two over mv_ms is what one block step costs in single steps: below k it saves, at k
 nothing. Products through torch (the machine's BLAS: MKL on x86 CPUs, cuBLAS on CUDA), in
-S's dtype.
+S's dtype. With ``--row-panels`` (CPU), `panels_ms` times the rows layout with S split into
+one panel per thread (bench/_row_panels.py), and `panels_over_mv` is its time over one mv:
+whether splitting S by hand beats the BLAS's own threading of the small product.
 
     python bench/bench_block_products.py --quick
     python bench/bench_block_products.py --d 768 2048 --k 2 4 --name block_products
+    python bench/bench_block_products.py --d 768 2048 --k 2 4 --threads 2 --row-panels
 """
 
 from __future__ import annotations
 
 import _harness as H
 import torch
+from _row_panels import row_panel_product
 
 
 def main() -> None:
     p = H.parser(__doc__.split("\n")[0])
     p.add_argument("--k", type=int, nargs="*", default=[2, 4], help="block sizes")
+    p.add_argument(
+        "--row-panels", action="store_true", help="also time row panels of S, one per thread"
+    )
     args = p.parse_args()
     if any(k < 1 for k in args.k):
         p.error(f"--k: block sizes must be >= 1, got {args.k}")
     device = H.setup(args)
+    if args.row_panels and device.type != "cpu":
+        p.error("--row-panels times a CPU product: use --device cpu")
+    panels = ["panels_ms", "panels_over_mv"] if args.row_panels else []
     ds = args.d or ([256] if args.quick else [768, 2048])
     mrt = args.min_run_time or (0.05 if args.quick else 0.5)
     table = H.Table(
         args.name or "bench_block_products",
-        ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"],
+        ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"]
+        + panels,
         H.environment(device),
         key=["d", "dtype", "k"],
         compare=args.compare,
@@ -49,6 +60,11 @@ def main() -> None:
                 t_cols = H.timeit(lambda: S @ V, mrt)  # noqa: B023
                 t_rows = H.timeit(lambda: Vt @ S, mrt)  # noqa: B023
                 best = min(t_cols, t_rows)
+                extra = {}
+                if args.row_panels:
+                    torch.testing.assert_close(row_panel_product(S, Vt), Vt @ S)
+                    t_panels = H.timeit(lambda: row_panel_product(S, Vt), mrt)  # noqa: B023
+                    extra = {"panels_ms": t_panels, "panels_over_mv": t_panels / t_mv}
                 table.add(
                     d=d,
                     dtype=str(dtype).removeprefix("torch."),
@@ -58,6 +74,7 @@ def main() -> None:
                     rows_ms=t_rows,
                     best_over_mv=best / t_mv,
                     saving_vs_k_steps=1 - best / (k * t_mv),
+                    **extra,
                 )
     table.save(args.name)
 

@@ -30,8 +30,8 @@ SCRIPTS = [
     ("bench_gram.py", ["--dtype", "float32"], ["N", "d", "gram_ms", "matmul_ms", "speedup"]),
     (
         "bench_block_products.py",
-        ["--k", "2"],
-        ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"],
+        ["--k", "2", "--row-panels"],
+        ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "panels_over_mv"],
     ),
     (
         "bench_block_lanczos.py",
