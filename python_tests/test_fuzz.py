@@ -152,10 +152,12 @@ def _check_r_ill(call, hms: float, lam_min: float, lam_tol: float, dtype, d: int
     value, bound = call_with_bound(call)
     lam_tol = lam_tol if bound is None else max(lam_tol, 2 * bound)
     floor = 64 * _eps(dtype) * hms
+    # the op floors at 64 eps of its own ||S||_F^2 / (2k), which the sums' rounding moves
+    floor_low = floor - 64 * _eps(dtype) * _summation_slack(d, dtype, hms)
     # |error of D| allowed: lam_min's, the sums' rounding and the floor's
     slack = 2 * lam_tol * lam_min**2 + _summation_slack(d, dtype, hms + lam_min**2 / 2) + floor
     D = hms - 0.5 * lam_min**2
-    lo, hi = 1 / (max(D, floor) + slack), 1 / max(D - slack, floor)
+    lo, hi = 1 / (max(D, floor) + slack), 1 / max(D - slack, floor_low)
     r = BASELINE_MULTIPLE * _eps(dtype)  # the reciprocal's rounding
     assert lo * (1 - r) <= value.item() <= hi * (1 + r), (value.item(), lo, hi)
     return value, bound
