@@ -55,14 +55,18 @@ def symmetrized(
     return W, max_abs, units
 
 
-def max_asymmetry(S: torch.Tensor, panel: int = 128) -> torch.Tensor:
+def max_asymmetry(S: torch.Tensor, panel: int | None = None) -> torch.Tensor:
     """max|S - S^T| as a 0-dim tensor on S's device (NaN if S has one), for a contiguous
-    square S. It reads the upper triangle by row panels S[i:i+p, i:] against the column
-    panels S[i:, i:i+p]^T: half of the full difference's work, and each transposed read
-    walks p contiguous entries instead of one."""
+    square S. On the CPU it reads the upper triangle by row panels S[i:i+p, i:] against the
+    column panels S[i:, i:i+p]^T, p = 128: half of the full difference's work, and each
+    transposed read walks p contiguous entries instead of one. Elsewhere (``panel`` = d)
+    it is the full difference, in three kernels instead of four per panel."""
     d = S.shape[0]
+    if panel is None:
+        panel = 128 if S.device.type == "cpu" else max(d, 1)
     parts = [
-        (S[i : i + panel, i:] - S[i:, i : i + panel].mT).abs().amax() for i in range(0, d, panel)
+        torch.sub(S[i : i + panel, i:], S[i:, i : i + panel].mT).abs_().amax()
+        for i in range(0, d, panel)
     ]
     return torch.stack(parts).amax()
 
