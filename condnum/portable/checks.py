@@ -59,8 +59,8 @@ def max_asymmetry(S: torch.Tensor, panel: int | None = None) -> torch.Tensor:
     """max|S - S^T| as a 0-dim tensor on S's device (NaN if S has one), for a contiguous
     square S. On the CPU it reads the upper triangle by row panels S[i:i+p, i:] against the
     column panels S[i:, i:i+p]^T, p = 128: half of the full difference's work, and each
-    transposed read walks p contiguous entries instead of one. Elsewhere (``panel`` = d)
-    it is the full difference, in three kernels instead of four per panel."""
+    transposed read walks p contiguous entries instead of one. Elsewhere one panel, the
+    full difference (``panel`` = d): five kernels whatever d, where panels take 3 d / p + 2."""
     d = S.shape[0]
     if panel is None:
         panel = 128 if S.device.type == "cpu" else max(d, 1)
