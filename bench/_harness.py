@@ -15,6 +15,7 @@ Every script in bench/ uses these pieces, so results are comparable across scrip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -216,9 +217,29 @@ def timeit(fn: Callable[[], Any], min_run_time: float = 0.3) -> float:
     return (min(m.times) if STAT == "min" else m.median) * 1e3
 
 
-def combine(samples: Sequence[float]) -> float:
-    """One time from several ``timeit`` results of the same call: their minimum under
-    ``--stat min``, else their median."""
+#: Rounds of alternate(): each callable is timed this many times, in turn with the others.
+ROUNDS = 3
+
+
+def alternate(
+    fns: dict[str, Callable[[], Any]],
+    min_run_time: float = 0.3,
+    around: Callable[[str], contextlib.AbstractContextManager] | None = None,
+) -> dict[str, float]:
+    """``timeit`` of each callable, taken in turn over ROUNDS rounds (min_run_time split
+    between them), so that a change of the machine's load weighs on all of them alike; each
+    callable's time is the minimum of its rounds under ``--stat min``, else their median.
+    ``around(name)``, if given, is entered while that callable is timed (outside the timing:
+    a backend switch, say)."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            with around(name) if around else contextlib.nullcontext():
+                samples[name].append(timeit(fn, min_run_time / ROUNDS))
+    return {name: _combine(times) for name, times in samples.items()}
+
+
+def _combine(samples: Sequence[float]) -> float:
     ordered = sorted(samples)
     return ordered[0] if STAT == "min" else ordered[len(ordered) // 2]
 

@@ -9,8 +9,8 @@ the portable path takes the same steps where their eigenvalues agree), and
 `extra_us_per_step` = (portable - native) / steps is what the portable path adds per step
 (its once-per-call work spread over the steps): Python, torch's per-call dispatch, and the
 host copy and tridiagonal work of each step's convergence check. The two backends are
-timed alternately, three rounds each (the minimum or median of the rounds, as ``--stat``
-says), so that the machine's load, which drifts on shared machines, weighs on both alike.
+timed alternately, three rounds each (``_harness.alternate``), so that the machine's load,
+which drifts on shared machines, weighs on both alike.
 
     python bench/bench_backends.py --quick
     python bench/bench_backends.py --d 768 --threads 1 --stat min
@@ -27,7 +27,6 @@ import _steps
 import condnum
 from condnum import functional as F
 
-ROUNDS = 3  # the backends are timed alternately, so that a change of load moves both
 QUICK_SPECTRA = [("geometric", 1e2), ("wishart", float("nan"))]
 OPS = {
     "extreme_eigh": lambda S: F.extreme_eigh(S)[:2],
@@ -39,16 +38,14 @@ COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff", "steps", "
 
 def compare(S, fn, min_run_time: float) -> dict[str, float]:
     """Both backends' times of ``fn(S)``, their ratio and the eigenvalues' largest difference."""
-    times: dict[str, list[float]] = {"native": [], "portable": []}
+    backends = ("native", "portable")
     lams = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged solves report via err
-        for _ in range(ROUNDS):
-            for backend, samples in times.items():
-                with condnum.backend(backend):
-                    samples.append(H.timeit(lambda: fn(S), min_run_time / ROUNDS))
-                    lams[backend] = [float(x) for x in fn(S)]
-        ms = {backend: H.combine(samples) for backend, samples in times.items()}
+        ms = H.alternate({b: lambda: fn(S) for b in backends}, min_run_time, condnum.backend)
+        for backend in backends:
+            with condnum.backend(backend):
+                lams[backend] = [float(x) for x in fn(S)]
         with condnum.backend("native"):
             steps = _steps.steps_per_call(lambda: fn(S))
     pairs = zip(lams["portable"], lams["native"], strict=True)

@@ -4,7 +4,9 @@ For each size, dtype and spectrum, every method computes (lam_min, lam_max) of t
 S, where lam_min is taken over the numerical range (eigenvalues above rtol * lam_max,
 rtol = d * eps(dtype), the library default). Errors are relative to float64
 torch.linalg.eigvalsh of the same matrix; times are medians (torch.utils.benchmark) and
-`speedup` is eigvalsh's time over the method's, in the same run, dtype and device.
+`speedup` is eigvalsh's time over the method's, in the same run, dtype and device: the
+methods are timed in turn, three rounds each (``_harness.alternate``), so that a change of
+the machine's load weighs on the baseline and the methods alike.
 On the CPU, the `ours` rows also give the cost of one solver step over the same work
 through torch's BLAS/LAPACK, measured in the same run (bench/_steps.py): `lz_step` for a
 Lanczos step on S (product plus reorthogonalisation), `si_step` for a shift-and-invert
@@ -180,7 +182,6 @@ def main() -> None:
                 rtol = dtype_rtol(S)
                 ref_min, ref_max = reference.float64_extremes(S, rtol)
                 tol = TARGET_TOL[dtype] if args.tol == "target" else None
-                base = H.timeit(lambda: torch.linalg.eigvalsh(S), mrt)  # noqa: B023
                 steps = {}  # method -> step costs of its solve (CPU only)
                 if device.type == "cpu":
                     for method, op in (("ours", "extreme_eigh"), ("ours_top", "top_eigh")):
@@ -188,8 +189,13 @@ def main() -> None:
                             steps[method] = _steps.step_costs(S, rtol, tol, op)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # unconverged solvers report via err
-                    for name, (fn, extract) in runners(S, rtol, tol, args.methods).items():
-                        ms = base if name == "eigvalsh" else H.timeit(fn, mrt)
+                    run = runners(S, rtol, tol, args.methods)
+                    calls = {name: fn for name, (fn, _) in run.items()}
+                    calls.setdefault("eigvalsh", lambda: torch.linalg.eigvalsh(S))  # noqa: B023
+                    times = H.alternate(calls, mrt)
+                    base = times["eigvalsh"]
+                    for name, (fn, extract) in run.items():
+                        ms = times[name]
                         lam_min, lam_max = extract(fn())
                         e_min = math.nan if math.isnan(lam_min) else H.rel_err(lam_min, ref_min)
                         e_max = H.rel_err(lam_max, ref_max)
