@@ -31,6 +31,9 @@ RATE_MARGIN = 2.0
 LOG_BOUND_FLOOR = 1e-300
 #: The restart check's start vector: pseudo-random stream 1 (stream 0 starts every solve).
 CHECK_STREAM = 1
+#: Warm starts: their normalised sum plus START_RANDOM_WEIGHT times a unit pseudo-random
+#: vector, so that no eigenvector is missed when a warm start is orthogonal to it.
+START_RANDOM_WEIGHT = 0.1
 #: A breakdown (invariant Krylov space): beta <= BREAKDOWN * sqrt(d) * eps * ||T||.
 BREAKDOWN = 10.0
 

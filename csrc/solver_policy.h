@@ -82,6 +82,11 @@ constexpr double kLogBoundFloor = 1e-300;
 // the check is independent of the first run and results stay deterministic.
 constexpr uint64_t kCheckStream = 1;
 
+// Warm starts: the solve starts from the sum of the normalised warm starts plus this weight
+// times a unit pseudo-random vector (stream 0), so that no eigenvector is missed when a warm
+// start is orthogonal to it; a cold solve starts from the random vector alone.
+constexpr double kStartRandomWeight = 0.1;
+
 CONDNUM_HD inline double log_relative_bound(double bound, double value) {
   return log((bound < kLogBoundFloor ? kLogBoundFloor : bound) / value);
 }

@@ -53,7 +53,7 @@ def start_vector(a, b, random: torch.Tensor) -> torch.Tensor:
     missed when a warm start is orthogonal to it."""
     if a is None and b is None:
         return random
-    v = random * 0.1
+    v = random * _policy.START_RANDOM_WEIGHT
     for w in (a, b):
         if w is not None:
             v = v + w
@@ -256,7 +256,10 @@ def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
         lam_min, u_min, err_min = p.lam_bottom, p.u_bottom, p.err_bottom
     else:
         # Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors).
-        start = start_vector(b, None, random) if b is not None else p.u_bottom + random * 0.1
+        if b is not None:
+            start = start_vector(b, None, random)
+        else:
+            start = p.u_bottom + random * _policy.START_RANDOM_WEIGHT
         r = shift_invert_bottom(W, p.lam_max, rtol, tol, num_iters, start, p.lowest, p.lam_bottom)
         lam_min, u_min, err_min = r.lam, r.u.to(S.dtype), r.err
     lams = torch.tensor([lam_min * scale, p.lam_max * scale], dtype=S.dtype, device=S.device)

@@ -69,11 +69,11 @@ at::Tensor unit_or_none(const std::optional<at::Tensor>& v, const at::Tensor& S,
   return t / n;
 }
 
-// Start vector: sum of the normalised warm starts plus a pseudo-random component, so
-// that no eigenvector is missed when a warm start is orthogonal to it.
+// Start vector: the normalised warm starts plus policy::kStartRandomWeight times the
+// pseudo-random unit vector (the random vector alone when there is no warm start).
 at::Tensor start_vector(const at::Tensor& a, const at::Tensor& b, const at::Tensor& random) {
   if (!a.defined() && !b.defined()) return random;
-  auto v = random * 0.1;
+  auto v = random * policy::kStartRandomWeight;
   if (a.defined()) v.add_(a);
   if (b.defined()) v.add_(b);
   return v;
@@ -675,7 +675,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
   } else {
     // Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors: a few
     // steps fewer than a random start).
-    const auto start = b.defined() ? start_vector(b, {}, random) : p.u_bottom + random * 0.1;
+    const auto start = b.defined() ? start_vector(b, {}, random)
+                                   : p.u_bottom + random * policy::kStartRandomWeight;
     auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, p.lowest,
                                  p.lam_bottom);
     lam_min = r.lam;

@@ -88,7 +88,8 @@ struct LzParams {
   LzResult* res;
   const int* run;  // nullptr, or run only when *run != 0 (decided by earlier kernels)
   // Start vector: rho r / |r| + a / |a| + b / |b| (+ c / |c| when b is unusable and
-  // use_c), r = splitmix64 vector, rho = 0.1 when any warm start is used, else 1.
+  // use_c), r = splitmix64 vector, rho = policy::kStartRandomWeight when any warm start is
+  // used, else 1.
   // A zero or non-finite a / b is ignored.
   const T* sa;
   const T* sb;
@@ -349,7 +350,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
   const bool c_ok = p.sc && p.use_c && !b_ok && h[3] > 0 && isfinite(h[3]);
   const double ca = a_ok ? 1.0 / sqrt(h[1]) : 0.0, cb = b_ok ? 1.0 / sqrt(h[2]) : 0.0;
   const double cc = c_ok ? 1.0 / sqrt(h[3]) : 0.0;
-  const double cr = (a_ok || b_ok || c_ok ? 0.1 : 1.0) / nr;
+  const double cr = (a_ok || b_ok || c_ok ? policy::kStartRandomWeight : 1.0) / nr;
   double part = 0.0;
   for (int k = c0 + tid; k < c1; k += kLzThreads) {
     double v = cr * splitmix_unit(static_cast<uint64_t>(k));
