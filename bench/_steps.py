@@ -12,6 +12,11 @@ under the same profiler, so both sides pay its per-op overhead. The O(d) work of
 (norms, the scaling of the new basis vector) and the convergence checks are left out of
 the torch side: its time is a floor for the step. Ratio = median ours / median torch.
 
+``runs`` splits a call's steps by Krylov run, in order: a step whose basis has one row
+starts a run, ``L`` marks a Lanczos run on S, ``S`` a shift-and-invert run. A cold
+``extreme_eigh`` reads ``L77 L66 S64 S69``: the first run, its restart check, then
+shift-and-invert and its check.
+
 ``floor_ms`` is the time of the solve's steps alone (per call, every kind), each at the
 faster of the two medians, plus one float64 Cholesky (``torch.linalg.cholesky``) when it
 takes shift-and-invert steps, which need a factor: a solve that takes these steps cannot
@@ -107,12 +112,27 @@ def _replay(S: torch.Tensor, kind: str, plans: list[tuple[int, int]]) -> list[fl
     return [e.cpu_time_total for e in _profiled(run, len(plans))[0]]
 
 
+def runs(fn: Callable[[], object]) -> str:
+    """The steps of one ``fn()`` call by Krylov run, in order ("L77 L66 S64 S69"; see
+    above)."""
+    events, _ = _profiled(fn, 1)
+    letter = {name: kind[0].upper() for kind, name in STEPS.items()}
+    ordered = sorted((e for e in events if e.name in letter), key=lambda e: e.time_range.start)
+    counts: list[list] = []
+    for e in ordered:
+        if _plan(e)[0] == 1 or not counts:
+            counts.append([letter[e.name], 0])
+        counts[-1][1] += 1
+    return " ".join(f"{k}{n}" for k, n in counts)
+
+
 def step_costs(
     S: torch.Tensor, rtol: float, tol: float | None, op: str = "extreme_eigh"
 ) -> dict[str, dict[str, float]]:
     """kind -> {ours_us, torch_us, ratio, steps} for the steps ``op(S)`` takes (``op``:
     ``"extreme_eigh"`` or ``"top_eigh"``; kinds with no step are left out; ``steps`` per
-    call), plus ``"floor_ms"``: the time of those steps alone."""
+    call), plus ``"floor_ms"``: the time of those steps alone, and ``"runs"``: one call's
+    steps by Krylov run (:func:`runs`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged solves report via err
 
@@ -124,7 +144,7 @@ def step_costs(
 
         solve()  # warm-up
         events, calls = _profiled(solve, 200)
-    out: dict = {"floor_ms": 0.0}
+    out: dict = {"floor_ms": 0.0, "runs": runs(solve)}
     for kind, name in STEPS.items():
         ours = [e for e in events if e.name == name]
         if not ours:

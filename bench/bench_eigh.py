@@ -15,7 +15,9 @@ step. The `ours` and `ours_top` rows give the solve's `steps` (all kinds, per ca
 `step_floor`: eigvalsh's time over the time of those steps alone (each at the faster of
 our and torch's step time, plus one float64 Cholesky where it takes shift-and-invert
 steps), the largest speed-up that step count allows on this machine (convergence checks
-and further factorisations counted free).
+and further factorisations counted free); `runs` splits those steps by Krylov run
+(bench/_steps.py: `L` Lanczos on S, `S` shift-and-invert, each accepted end's restart
+check a run of its own).
 
 Methods:
   ours       extreme_eigh cold (fixed pseudo-random start);
@@ -117,7 +119,8 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
 
 def step_columns(steps: dict, base_ms: float) -> dict[str, float]:
     """lz_step / si_step: our step time over torch's for the same work (nan: no such step);
-    steps per solve and step_floor = base_ms over the time of those steps alone."""
+    steps per solve, step_floor = base_ms over the time of those steps alone, and runs (the
+    steps by Krylov run)."""
     if not steps:
         return {}
     cols = {
@@ -126,6 +129,7 @@ def step_columns(steps: dict, base_ms: float) -> dict[str, float]:
     }
     cols["steps"] = sum(steps[k]["steps"] for k in ("lanczos", "shift_invert") if k in steps)
     cols["step_floor"] = base_ms / steps["floor_ms"] if steps["floor_ms"] > 0 else math.nan
+    cols["runs"] = steps["runs"]
     return cols
 
 
@@ -169,6 +173,7 @@ def main() -> None:
             "si_step",
             "steps",
             "step_floor",
+            "runs",
         ],
         env,
         key=["d", "dtype", "spectrum", "kappa", "method"],
