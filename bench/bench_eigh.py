@@ -15,7 +15,9 @@ step. The `ours` and `ours_top` rows give the solve's `steps` (all kinds, per ca
 `step_floor`: eigvalsh's time over the time of those steps alone (each at the faster of
 our and torch's step time, plus one float64 Cholesky where it takes shift-and-invert
 steps), the largest speed-up that step count allows on this machine (convergence checks
-and further factorisations counted free); `runs` splits those steps by Krylov run
+and further factorisations counted free); `converged` says whether condnum's call met
+its tol (`no`: it warned that num_iters ran out, and its time is that of an unfinished
+solve, with no restart check); `runs` splits those steps by Krylov run
 (bench/_steps.py: `L` Lanczos on S, `S` shift-and-invert, each accepted end's restart
 check a run of its own).
 
@@ -117,6 +119,14 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     return out
 
 
+def solver_converged(fn) -> str:
+    """Whether ``fn()``, a condnum solve, met its tol: "no" when it warned that it did not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return "no" if any("did not reach tol" in str(w.message) for w in caught) else "yes"
+
+
 def step_columns(steps: dict, base_ms: float) -> dict[str, float]:
     """lz_step / si_step: our step time over torch's for the same work (nan: no such step);
     steps per solve, step_floor = base_ms over the time of those steps alone, and runs (the
@@ -173,6 +183,7 @@ def main() -> None:
             "si_step",
             "steps",
             "step_floor",
+            "converged",
             "runs",
         ],
         env,
@@ -218,6 +229,7 @@ def main() -> None:
                             err_min=e_min,
                             err_max=e_max,
                             target="met" if ok else "-",
+                            converged=solver_converged(fn) if name.startswith("ours") else "",
                             **step_columns(steps.get(name, {}), base),
                         )
     table.save(args.name)

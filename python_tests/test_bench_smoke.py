@@ -74,6 +74,7 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
         if script == "bench_eigh.py" and row["method"] in ("ours", "ours_top"):
             # the step-cost columns of the CPU kernel (timings: not compared)
             assert row["lz_step"] > 0 and row["steps"] >= 1 and row["step_floor"] > 0
+            assert row["converged"] in ("yes", "no")
             # runs: the same steps split by Krylov run ("L40 L29 S25 S36")
             runs = [(r[0], int(r[1:])) for r in row["runs"].split()]
             assert all(kind in "LS" and n >= 1 for kind, n in runs), row["runs"]
