@@ -15,9 +15,9 @@ step. The `ours` and `ours_top` rows give the solve's `steps` (all kinds, per ca
 `step_floor`: eigvalsh's time over the time of those steps alone (each at the faster of
 our and torch's step time, plus one float64 Cholesky where it takes shift-and-invert
 steps), the largest speed-up that step count allows on this machine (convergence checks
-and further factorisations counted free); `converged` says whether condnum's call met
-its tol (`no`: it warned that num_iters ran out, and its time is that of an unfinished
-solve, with no restart check); `runs` splits those steps by Krylov run
+and further factorisations counted free); `converged` says whether condnum's solve met
+its tol, from the op's err output (`no`: num_iters ran out, and its time is that of an
+unfinished solve, with no restart check); `runs` splits those steps by Krylov run
 (bench/_steps.py: `L` Lanczos on S, `S` shift-and-invert, each accepted end's restart
 check a run of its own).
 
@@ -49,7 +49,8 @@ import torch
 
 from condnum import functional as F
 from condnum import reference
-from condnum.defaults import dtype_rtol
+from condnum._ops import ops
+from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
 
 SPECTRA = [
     ("geometric", 1e2),
@@ -67,21 +68,25 @@ TARGET_TOL = {torch.float32: 1e-3, torch.float64: 1e-4}
 
 
 def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str]):
-    """name -> (fn, extract) where extract(fn()) gives (lam_min, lam_max) as floats."""
-    out = {}
+    """name -> (fn, extract) where extract(fn()) gives (lam_min, lam_max) as floats; and
+    name -> converged() for condnum's methods (see :func:`converged`)."""
+    out, done = {}, {}
     if "ours" in methods:
         out["ours"] = (
             lambda: F.extreme_eigh(S, rtol=rtol, tol=tol),
             lambda r: (r[0].item(), r[1].item()),
         )
+        done["ours"] = lambda: converged(S, rtol, tol)
     if "ours_warm" in methods:
         prev = F.extreme_eigh(H.perturbed(S, 1e-3), rtol=rtol, tol=tol)
         out["ours_warm"] = (
             lambda: F.extreme_eigh(S, rtol=rtol, tol=tol, v0_min=prev[2], v0_max=prev[3]),
             lambda r: (r[0].item(), r[1].item()),
         )
+        done["ours_warm"] = lambda: converged(S, rtol, tol, prev[2], prev[3])
     if "ours_top" in methods:
         out["ours_top"] = (lambda: F.top_eigh(S, tol=tol), lambda r: (math.nan, r[0].item()))
+        done["ours_top"] = lambda: converged(S, None, tol)
     if "eigvalsh" in methods:
         out["eigvalsh"] = (
             lambda: torch.linalg.eigvalsh(S),
@@ -93,7 +98,7 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
             lambda r: (reference.smallest_in_range(r[0].double(), rtol).item(), r[0][-1].item()),
         )
     if "lobpcg" in methods:
-        ltol = tol if tol is not None else F.DEFAULT_TOL[S.dtype]
+        ltol = tol if tol is not None else DEFAULT_TOL[S.dtype]
 
         def lobpcg():
             top = torch.lobpcg(S, k=1, largest=True, tol=ltol, niter=1000)[0]
@@ -108,7 +113,7 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
             eigsh = None
         if eigsh is not None:
             A = S.numpy()
-            etol = tol if tol is not None else F.DEFAULT_TOL[S.dtype]
+            etol = tol if tol is not None else DEFAULT_TOL[S.dtype]
 
             def scipy_eigsh():
                 top = eigsh(A, k=1, which="LA", tol=etol, return_eigenvectors=False)
@@ -116,15 +121,19 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
                 return float(bottom[0]), float(top[0])
 
             out["eigsh"] = (scipy_eigsh, lambda r: r)
-    return out
+    return out, done
 
 
-def solver_converged(fn) -> str:
-    """Whether ``fn()``, a condnum solve, met its tol: "no" when it warned that it did not."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fn()
-    return "no" if any("did not reach tol" in str(w.message) for w in caught) else "yes"
+def converged(S, rtol, tol, v0_min=None, v0_max=None) -> str:
+    """Whether condnum's solve of S met its tol, read from the op's err output (the default
+    num_iters; the functional API's warning fires on the CPU only): "yes" or "no".
+    rtol None: top_eigh, else extreme_eigh with that rtol."""
+    t = DEFAULT_TOL[S.dtype] if tol is None else tol
+    if rtol is None:
+        err = ops.top_eigh(S, DEFAULT_NUM_ITERS, t, None)[2]
+    else:
+        err = ops.extreme_eigh(S, DEFAULT_NUM_ITERS, rtol, t, v0_min, v0_max)[4]
+    return "yes" if err.item() <= t else "no"
 
 
 def step_columns(steps: dict, base_ms: float) -> dict[str, float]:
@@ -205,7 +214,7 @@ def main() -> None:
                             steps[method] = _steps.step_costs(S, rtol, tol, op)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # unconverged solvers report via err
-                    run = runners(S, rtol, tol, args.methods)
+                    run, done = runners(S, rtol, tol, args.methods)
                     calls = {name: fn for name, (fn, _) in run.items()}
                     calls.setdefault("eigvalsh", lambda: torch.linalg.eigvalsh(S))  # noqa: B023
                     times = H.alternate(calls, mrt)
@@ -229,7 +238,7 @@ def main() -> None:
                             err_min=e_min,
                             err_max=e_max,
                             target="met" if ok else "-",
-                            converged=solver_converged(fn) if name.startswith("ours") else "",
+                            converged=done[name]() if name in done else "",
                             **step_columns(steps.get(name, {}), base),
                         )
     table.save(args.name)
