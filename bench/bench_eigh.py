@@ -124,15 +124,15 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     return out, done
 
 
-def converged(S, rtol, tol, v0_min=None, v0_max=None) -> str:
-    """Whether condnum's solve of S met its tol, read from the op's err output (the default
-    num_iters; the functional API's warning fires on the CPU only): "yes" or "no".
+def converged(S, rtol, tol, v0_min=None, v0_max=None, num_iters=DEFAULT_NUM_ITERS) -> str:
+    """Whether condnum's solve of S met its tol in num_iters steps, read from the op's err
+    output (the functional API's warning fires on the CPU only): "yes" or "no".
     rtol None: top_eigh, else extreme_eigh with that rtol."""
     t = DEFAULT_TOL[S.dtype] if tol is None else tol
     if rtol is None:
-        err = ops.top_eigh(S, DEFAULT_NUM_ITERS, t, None)[2]
+        err = ops.top_eigh(S, num_iters, t, None)[2]
     else:
-        err = ops.extreme_eigh(S, DEFAULT_NUM_ITERS, rtol, t, v0_min, v0_max)[4]
+        err = ops.extreme_eigh(S, num_iters, rtol, t, v0_min, v0_max)[4]
     return "yes" if err.item() <= t else "no"
 
 

@@ -87,6 +87,22 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
             assert row["steps"] >= 1 and math.isfinite(row["extra_us_per_step"])
 
 
+def test_bench_eigh_converged_column_reads_the_solvers_err():
+    """bench_eigh's converged column: "no" for a solve cut short by num_iters (d = 200,
+    3 steps, default tol), "yes" for the same S at the default budget."""
+    code = (
+        "import torch, _harness as H, bench_eigh as B\n"
+        "S = H.matrix('geometric', 200, 1e2, torch.float64)\n"
+        "runs = [(n, rtol) for n in (3, 128) for rtol in (None, 1e-3)]\n"
+        "print(*(B.converged(S, rtol, None, num_iters=n) for n, rtol in runs))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "bench", capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["no", "no", "yes", "yes"]
+
+
 def test_regularizer_parts_table(tmp_path):
     """--parts saves a second table next to the first: the floor and 3x-budget columns
     are derived from the timings in the same rows."""
