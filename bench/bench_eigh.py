@@ -50,7 +50,7 @@ import torch
 from condnum import functional as F
 from condnum import reference
 from condnum._ops import ops
-from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
+from condnum.defaults import DEFAULT_TOL, dtype_rtol
 
 SPECTRA = [
     ("geometric", 1e2),
@@ -124,15 +124,15 @@ def runners(S: torch.Tensor, rtol: float, tol: float | None, methods: list[str])
     return out, done
 
 
-def converged(S, rtol, tol, v0_min=None, v0_max=None, num_iters=DEFAULT_NUM_ITERS) -> str:
-    """Whether condnum's solve of S met its tol in num_iters steps, read from the op's err
-    output (the functional API's warning fires on the CPU only): "yes" or "no".
-    rtol None: top_eigh, else extreme_eigh with that rtol."""
-    t = DEFAULT_TOL[S.dtype] if tol is None else tol
+def converged(S, rtol, tol, v0_min=None, v0_max=None, num_iters=None) -> str:
+    """Whether condnum's solve of S met its tol in num_iters steps (None: the functional
+    API's defaults), read from the op's err output (the functional API's warning fires on
+    the CPU only): "yes" or "no". rtol None: top_eigh, else extreme_eigh with that rtol."""
+    n, t = F._budget(S, num_iters, tol)
     if rtol is None:
-        err = ops.top_eigh(S, num_iters, t, None)[2]
+        err = ops.top_eigh(S, n, t, None)[2]
     else:
-        err = ops.extreme_eigh(S, num_iters, rtol, t, v0_min, v0_max)[4]
+        err = ops.extreme_eigh(S, n, rtol, t, v0_min, v0_max)[4]
     return "yes" if err.item() <= t else "no"
 
 

@@ -255,11 +255,9 @@ def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
     if p.bottom_converged:
         lam_min, u_min, err_min = p.lam_bottom, p.u_bottom, p.err_bottom
     else:
-        # Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors).
-        if b is not None:
-            start = start_vector(b, None, random)
-        else:
-            start = p.u_bottom + random * _policy.START_RANDOM_WEIGHT
+        # From the warm start, or else from plain Lanczos' bottom Ritz vector (mostly low
+        # eigenvectors), as from a warm start.
+        start = start_vector(b if b is not None else p.u_bottom, None, random)
         r = shift_invert_bottom(W, p.lam_max, rtol, tol, num_iters, start, p.lowest, p.lam_bottom)
         lam_min, u_min, err_min = r.lam, r.u.to(S.dtype), r.err
     lams = torch.tensor([lam_min * scale, p.lam_max * scale], dtype=S.dtype, device=S.device)

@@ -673,10 +673,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
     u_min = p.u_bottom;
     err_min = p.err_bottom;
   } else {
-    // Warm start, or plain Lanczos' bottom Ritz vector (mostly low eigenvectors: a few
-    // steps fewer than a random start).
-    const auto start = b.defined() ? start_vector(b, {}, random)
-                                   : p.u_bottom + random * policy::kStartRandomWeight;
+    // From the warm start, or else from plain Lanczos' bottom Ritz vector (mostly low
+    // eigenvectors: a few steps fewer than a random start), as from a warm start.
+    const auto start = start_vector(b.defined() ? b : p.u_bottom, {}, random);
     auto r = shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, p.lowest,
                                  p.lam_bottom);
     lam_min = r.lam;
