@@ -15,8 +15,9 @@ import torch
 # ---------------------------------------------------------------- acceptance and stopping
 #: Steps before the first convergence check (a Ritz value of a 2x2 T is rarely converged).
 FIRST_CHECK = 3
-#: Plain Lanczos is trusted for lam_min only while kappa * eps(S) * this stays below tol:
-#: rounding in S v perturbs the Ritz values by ~ eps ||S||.
+#: Rounding in S v moves every Ritz value by up to ~ eps ||S||: a Ritz pair's error bound
+#: is at least ROUNDING_SLACK * eps * max |theta| (product_floor), so plain Lanczos is
+#: trusted for lam_min only while kappa * eps(S) * this stays below tol.
 ROUNDING_SLACK = 4.0
 #: Plain Lanczos may spend this fraction of the shift-and-invert cost on the bottom end
 #: after lam_max has converged ...
@@ -59,6 +60,18 @@ RANGE_EXPONENT_LIMIT = {torch.float32: 40, torch.float64: 256}
 #: R_ill = 1 / max(D, ILL_FLOOR * eps(S) * ||S||_F^2 / (2k)): D at rounding level or below
 #: (kappa = 1, or k above the number of eigenvalues) gives a large finite value.
 ILL_FLOOR = 64.0
+
+
+def product_floor(max_abs_theta: float, eps: float) -> float:
+    """The floor under a Ritz pair's error bound from the rounding of the products S v
+    (eps of their arithmetic): ROUNDING_SLACK * eps * max |theta| (policy::product_floor)."""
+    return ROUNDING_SLACK * eps * max_abs_theta
+
+
+def with_output_rounding(err: float, dtype: torch.dtype) -> float:
+    """A nonzero relative error bound is at least eps(dtype) / 2, the rounding of the
+    returned eigenvalue to S's dtype; 0 (S = 0, exact) stays 0 (policy::with_output_rounding)."""
+    return max(err, 0.5 * torch.finfo(dtype).eps) if err > 0 else err
 
 
 def indefinite_floor(dtype: torch.dtype) -> float:

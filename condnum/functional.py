@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from condnum import _policy
 from condnum._ops import check_square, ops, resolve_k
 from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
 
@@ -77,14 +78,26 @@ def _budget(S: torch.Tensor, num_iters: int | None, tol: float | None) -> tuple[
     )
 
 
-def _check_converged(err: torch.Tensor, tol: float, op: str, num_iters: int) -> None:
-    """Warn when the solver's error bound exceeds ``tol`` (CPU only: no device sync)."""
+def _check_converged(
+    err: torch.Tensor, tol: float, op: str, num_iters: int, dtype: torch.dtype
+) -> None:
+    """Warn when the solver's error bound exceeds ``tol`` (CPU only: no device sync), with
+    the remedy: more steps, or, when ``tol`` is below the rounding level of S's dtype (the
+    floor under every error bound, ``_policy.product_floor`` relative to lam_max), a wider
+    dtype or a larger ``tol``."""
     if torch.compiler.is_compiling() or err.device.type != "cpu" or tol == 0:
         return  # tol = 0: a fixed budget asked for, err reports its accuracy
     if err.item() > tol:
+        floor = _policy.product_floor(1.0, torch.finfo(dtype).eps)
+        remedy = (
+            f"tol is below the rounding level of {dtype} S ({floor:.2e} relative to lam_max): "
+            "use float64 or a larger tol"
+            if tol < floor
+            else "increase num_iters"
+        )
         warnings.warn(
             f"condnum.{op}: eigenvalues did not reach tol = {tol:g} in num_iters = {num_iters} "
-            f"Lanczos steps (relative error bound {err.item():.2e}); increase num_iters",
+            f"Lanczos steps (relative error bound {err.item():.2e}); {remedy}",
             stacklevel=3,
         )
 
@@ -117,7 +130,7 @@ def extreme_eigh(
     num_iters, tol = _budget(S, num_iters, tol)
     rtol = dtype_rtol(S) if rtol is None else rtol
     *result, err = ops.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
-    _check_converged(err, tol, "extreme_eigh", num_iters)
+    _check_converged(err, tol, "extreme_eigh", num_iters, S.dtype)
     return tuple(result)
 
 
@@ -133,7 +146,7 @@ def top_eigh(
     check_square(S, "top_eigh")
     num_iters, tol = _budget(S, num_iters, tol)
     lam_max, u_max, err = ops.top_eigh(S, num_iters, tol, v0)
-    _check_converged(err, tol, "top_eigh", num_iters)
+    _check_converged(err, tol, "top_eigh", num_iters, S.dtype)
     return lam_max, u_max
 
 
@@ -206,7 +219,7 @@ def floored_min(
     saturated = below_floor(S, lam_max, rtol)
     # lam_min is unused at the floor: its accuracy matters only in range
     if not torch.compiler.is_compiling() and S.device.type == "cpu" and not bool(saturated):
-        _check_converged(err, tol, "extreme_eigh", num_iters)
+        _check_converged(err, tol, "extreme_eigh", num_iters, S.dtype)
     floor = lam_max * rtol
     lam = torch.where(saturated, floor, torch.maximum(lam_min, floor))
     u = torch.where(saturated, u_max * math.sqrt(rtol), u_min)

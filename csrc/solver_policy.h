@@ -57,12 +57,23 @@ CONDNUM_HD inline double relative(double bound, double value) {
   return value != 0 ? bound / fabs(value) : static_cast<double>(INFINITY);
 }
 
-// Plain Lanczos is trusted for lam_min only while kappa * eps * this stays below tol
-// (eps of the product S v): rounding in S v perturbs the Ritz values by ~ eps ||S||.
+// Rounding in the products S v (eps of their arithmetic) moves every Ritz value of plain
+// Lanczos by up to about eps ||S||, however small the residual estimate beta_m |s_{m-1}|
+// falls: a floor under a Ritz pair's error bound, kRoundingSlack eps max |theta|. (Measured
+// against an extended-precision reference, d <= 768: at most 1.3 eps lam_max.)
 constexpr double kRoundingSlack = 4.0;
+CONDNUM_HD inline double product_floor(double max_abs_theta, double eps) {
+  return kRoundingSlack * eps * max_abs_theta;
+}
+// So plain Lanczos is trusted for lam_min only while that floor stays below tol lam_min.
 CONDNUM_HD inline bool too_ill_conditioned_for_plain(double lam_max, double bottom, double eps,
                                                      double tol) {
-  return lam_max * eps * kRoundingSlack > tol * bottom;
+  return product_floor(lam_max, eps) > tol * bottom;
+}
+// An eigenvalue returned in S's dtype is rounded to it: a nonzero relative error bound is at
+// least eps_s / 2 (0 stays 0: S = 0 is exact).
+CONDNUM_HD inline double with_output_rounding(double err, double eps_s) {
+  return err > 0 ? fmax(err, 0.5 * eps_s) : err;
 }
 
 // Plain Lanczos may spend this fraction of the shift-and-invert cost on the bottom end
@@ -108,7 +119,8 @@ CONDNUM_HD inline bool ski_rental_gives_up(int64_t extra, double si_cost, double
 
 // ---------------------------------------------------------------- the Lanczos process
 
-// A breakdown (V spans an invariant subspace, its Ritz pairs are exact):
+// A breakdown (V spans an invariant subspace up to rounding: the Ritz residuals
+// beta_m |s_{m-1}| are below this level, and still count in the error bounds):
 // beta <= kBreakdown sqrt(d) eps ||T|| (eps of the basis arithmetic).
 constexpr double kBreakdown = 10.0;
 CONDNUM_HD inline bool breakdown(double beta, int64_t d, double eps, double scale) {

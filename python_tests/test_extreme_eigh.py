@@ -8,14 +8,15 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from conftest import eig_rtol, log_spectrum, rel_err, spd_from_spectrum, unit_norm_error
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from condnum import _policy, reference
 from condnum import functional as F
-from condnum import reference
 
 ops = torch.ops.condnum
 pytestmark = pytest.mark.usefixtures("impl")
@@ -119,6 +120,65 @@ def test_unconverged_budget_warns():
     S = spd_from_spectrum(torch.linspace(1, 2, 300, dtype=torch.float64), 0, torch.float64)
     with pytest.warns(UserWarning, match="did not reach tol = 1e-12 in num_iters = 3"):
         F.extreme_eigh(S, num_iters=3, tol=1e-12)
+
+
+def _top_eigenvalue_extended(S: torch.Tensor) -> float:
+    """lam_max of S as stored, to about 1e-19 relative: the Rayleigh quotient, in x87
+    extended precision, of float64 eigh's top eigenvector (its error is quadratic in the
+    vector's, and float64 eigvalsh's own eps64 ||S|| would swamp a float64 solver's)."""
+    u = torch.linalg.eigh(S.double().cpu())[1][:, -1].numpy().astype(np.longdouble)
+    A = S.double().cpu().numpy().astype(np.longdouble)
+    return float((u @ (A @ u)) / (u @ u))
+
+
+BELOW_ROUNDING = {torch.float32: 1e-12, torch.float64: 1e-30}
+
+
+def _unresolved(ev: torch.Tensor, i: int, neighbour: int, level: float) -> float:
+    """The documented allowance beyond err at eigenvalue ev[i]: the breakdown level over
+    |ev[i]| when its neighbour lies within that level (absolute, ``level`` = BREAKDOWN
+    sqrt(d) eps lam_max), a cluster that the rounding of S v does not resolve; else 0."""
+    near = 0 <= neighbour < ev.numel() and abs(ev[neighbour] - ev[i]) <= level
+    return level / abs(ev[i].item()) if near else 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(spectra())
+@example((spd_from_spectrum(torch.logspace(0, -2, 200, dtype=torch.float64), 3, torch.float32), 0))
+@example((spd_from_spectrum(torch.ones(200, dtype=torch.float64), 1, torch.float64), 0.1))
+def test_err_bounds_the_error_when_tol_is_below_rounding(device, case):
+    """Asked for a tol that S's dtype cannot resolve, the solver's err still bounds the true
+    relative error of what it returns: the Lanczos residual estimate keeps falling below
+    the rounding of S v, and err is floored there (policy::product_floor) and at the
+    rounding of the returned value to S's dtype. Eigenvalues closer than the breakdown
+    level (a cluster split by the rounding of S's entries, or S = I) are not resolved: the
+    returned one is within that level of the extreme one (documented)."""
+    S, rtol = case
+    S = S.to(device)
+    tol = BELOW_ROUNDING[S.dtype]
+    ev = torch.linalg.eigvalsh(S.double().cpu())
+    d = S.shape[0]
+    level = _policy.BREAKDOWN * math.sqrt(d) * torch.finfo(S.dtype).eps * ev[-1].item()
+    lam_max, _, err = ops.top_eigh(S, 300, tol, None)
+    error = rel_err(lam_max.item(), _top_eigenvalue_extended(S))
+    assert error <= max(err.item(), _unresolved(ev, d - 1, d - 2, level))
+    if S.dtype == torch.float32:  # float64 eigvalsh is exact enough for a float32 S
+        lam_min, lam_max, _, _, err = ops.extreme_eigh(S, 300, rtol, tol, None, None)
+        ref_min, ref_max = reference.float64_extremes(S, rtol)
+        i = int((ev <= ref_min).sum()) - 1
+        top, bottom = _unresolved(ev, d - 1, d - 2, level), _unresolved(ev, i, i + 1, level)
+        assert rel_err(lam_max.item(), ref_max) <= max(err.item(), top)
+        assert rel_err(lam_min.item(), ref_min) <= max(err.item(), bottom)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-10), (torch.float64, 1e-17)])
+def test_a_tol_below_rounding_warns_with_the_remedy(dtype, tol):
+    S = spd_from_spectrum(log_spectrum(60, 1e2, 4), 4, dtype)
+    with pytest.warns(UserWarning, match="tol is below the rounding level of torch.float"):
+        F.top_eigh(S, tol=tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tol the dtype resolves converges without one
+        F.top_eigh(S, tol=1e-6 if dtype == torch.float32 else 1e-14)
 
 
 def test_eigenvalue_gradcheck(device):

@@ -112,7 +112,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         bottom_index = ib
         if (
             bottom.value <= rtol * lam_top
-            or lam_top * eps * _policy.ROUNDING_SLACK > tol * bottom.value
+            or _policy.product_floor(lam_top, eps) > tol * bottom.value
         ):
             break
         if lz.invariant or bottom_ok(bottom.bound <= tol * bottom.value and same_target, m):
@@ -204,7 +204,8 @@ def _restart_check(W, p: Plain, top: Ritz, steps, num_iters, tol, rtol, want_bot
         u = ck.ritz_vector(r, torch.float64)
         residual = torch.linalg.vector_norm(torch.mv(W, u.to(W.dtype)).double() - r.value * u)
         p.lam_max, p.u_max = r.value, u.to(W.dtype)
-        p.err_max = _relative(residual.item(), r.value)  # the residual for S itself
+        bound = max(residual.item(), _policy.product_floor(ck.max_abs_value(), ck.eps))
+        p.err_max = _relative(bound, r.value)  # the residual for S itself
         p.bottom_converged = False  # its threshold moved: shift-and-invert decides
     if check_bottom and bottom_refuted:
         p.bottom_converged = False
@@ -225,7 +226,8 @@ def _prepare(S, num_iters, tol, op, vectors):
 
 
 def _err(value: float, S: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float64, device=S.device)
+    bound = _policy.with_output_rounding(value, S.dtype)
+    return torch.tensor(bound, dtype=torch.float64, device=S.device)
 
 
 def top_eigh(S, num_iters: int, tol: float, v0):

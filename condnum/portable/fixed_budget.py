@@ -13,10 +13,11 @@ advance). What that gives up:
       lam_max = the largest Ritz value,
       lam_min = the smallest Ritz value above rtol * lam_max,
   which, for an ill-conditioned S, needs m well above what the convergent mode spends on
-  lam_max; ``err`` (the larger relative residual bound of the two, on the device) says
-  how far they are from converged;
-- a breakdown (an S-invariant Krylov space) is not a stop: the basis is continued with
-  zero vectors, which add Ritz values 0, never above the threshold.
+  lam_max; ``err`` (the larger relative residual bound of the two, floored as the
+  convergent mode's, on the device) says how far they are from converged;
+- a breakdown (an S-invariant Krylov space, up to a beta below the breakdown level, which
+  err still counts) is not a stop: the basis is continued with zero vectors, which add
+  Ritz values 0, never above the threshold.
 
 One step is the convergent mode's (condnum.portable.lanczos.orthogonalised_step); with
 the same m steps and no breakdown the Krylov space, T and the Ritz pairs are the same.
@@ -66,8 +67,10 @@ def _symmetrised_in_range(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
-    """``(V, T, beta_m)`` after m steps from ``start``: V (m, d) in W's dtype, T (m, m)
-    float64, beta_m (0-dim float64, the residual scale of every Ritz pair), on W's device."""
+    """``(V, T, coupling)`` after m steps from ``start``: V (m, d) in W's dtype, T (m, m)
+    float64 and ``coupling`` (m,) float64, the betas that leave T: beta_m last, and each
+    beta a breakdown zeroed in T at its step (0 elsewhere), on W's device. A Ritz pair
+    (theta, s) of T has the residual ||coupling * s||."""
     d = W.shape[0]
     V = torch.zeros(m + 1, d, dtype=W.dtype, device=W.device)
     V[0] = start / torch.linalg.vector_norm(start)
@@ -76,6 +79,7 @@ def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
     scale = torch.zeros((), dtype=torch.float64, device=W.device)  # running estimate of ||S||
     eps = torch.finfo(W.dtype).eps
     coefficients = torch.empty(3, m, dtype=W.dtype, device=W.device)
+    coupling = torch.zeros(m, dtype=torch.float64, device=W.device)
     for j in range(m):
         w = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1], coefficients)
         h, h2, b = coefficients[:, j].double()
@@ -84,22 +88,24 @@ def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
         alive = b > _policy.BREAKDOWN * math.sqrt(d) * eps * scale
         alpha[j] = a
         beta[j] = torch.where(alive, b, 0.0)
+        coupling[j] = torch.where(alive, 0.0, b)
         V[j + 1] = torch.where(alive, w / torch.where(alive, b, 1.0).to(W.dtype), 0.0)
-    if m == d:  # a full basis spans everything: exact Ritz pairs (the convergent mode's rule)
-        beta[m - 1] = 0.0
+    coupling[m - 1] = b  # beta_m, breakdown or not (the convergent mode's rule)
     off = beta[: m - 1]
     T = torch.diag(alpha) + torch.diag(off, 1) + torch.diag(off, -1)
-    return V[:m], T, beta[m - 1]
+    return V[:m], T, coupling
 
 
-def _ritz_pair(V, values, vectors, i, beta_m, dtype):
+def _ritz_pair(V, values, vectors, i, coupling, dtype):
     """(theta_i, y_i, relative bound) for the 0-dim index tensor i: y = V^T s_i, unit, with
-    its largest component positive; bound = beta_m |s_i[m-1]| / |theta_i|."""
+    its largest component positive; bound = max(||coupling * s_i|| (beta_m |s_i[m-1]|
+    without a breakdown), the rounding of S v (_policy.product_floor)) / |theta_i|."""
     theta = values.gather(0, i.reshape(1))[0]
     s = vectors.index_select(1, i.reshape(1))[:, 0]
     y = s @ V.double()
     y = with_sign_convention(y / torch.linalg.vector_norm(y))
-    bound = beta_m * s[-1].abs()
+    floor = _policy.product_floor(values.abs().max(), torch.finfo(V.dtype).eps)
+    bound = torch.maximum(torch.linalg.vector_norm(coupling * s), floor)
     return theta, y.to(dtype), torch.where(bound == 0, 0.0, bound / theta.abs())
 
 
@@ -112,18 +118,24 @@ class _Run:
         starts = [_unit_or_zero(v) for v in v0s]
         start = start_vector(*starts, _random_start(d, W.dtype, W.device))
         self.m = max(1, min(num_iters, d))
-        self.V, T, self.beta_m = _lanczos(W, start, self.m)
+        self.V, T, self.coupling = _lanczos(W, start, self.m)
         self.values, self.vectors = torch.linalg.eigh(T)
         self.dtype = S.dtype
 
     def pair(self, i: torch.Tensor):
-        return _ritz_pair(self.V, self.values, self.vectors, i, self.beta_m, self.dtype)
+        return _ritz_pair(self.V, self.values, self.vectors, i, self.coupling, self.dtype)
 
     def top(self):
         return self.pair(torch.full((), self.m - 1, dtype=torch.long, device=self.V.device))
 
     def scaled(self, lam: torch.Tensor) -> torch.Tensor:
         return (lam * self.p).to(self.dtype)
+
+    def err(self, err: torch.Tensor, lam_max: torch.Tensor) -> torch.Tensor:
+        """0 for S = 0 (exact), else at least eps(S) / 2, the rounding of the returned values
+        to S's dtype (_policy.with_output_rounding, on the device)."""
+        rounded = err.clamp(min=0.5 * torch.finfo(self.dtype).eps)
+        return torch.where(lam_max <= 0, 0.0, rounded)
 
 
 def _check(S, num_iters: int, op: str, vectors: dict, rtol: float = 0.0) -> None:
@@ -142,7 +154,7 @@ def top_eigh(S, num_iters: int, v0):
     _check(S, num_iters, "top_eigh", {"v0": v0})
     run = _Run(S, num_iters, [v0, None])
     lam_max, u_max, err = run.top()
-    return run.scaled(lam_max), u_max, torch.where(lam_max <= 0, 0.0, err)
+    return run.scaled(lam_max), u_max, run.err(err, lam_max)
 
 
 def extreme_eigh(S, num_iters: int, rtol: float, v0_min, v0_max):
@@ -153,7 +165,6 @@ def extreme_eigh(S, num_iters: int, rtol: float, v0_min, v0_max):
     # the smallest Ritz value above the threshold (a breakdown's zeros never are)
     bottom = (run.values <= rtol * lam_max).sum().clamp(max=run.m - 1)
     lam_min, u_min, err_min = run.pair(bottom)
-    zero = lam_max <= 0  # S == 0: every vector is an eigenvector of eigenvalue 0
-    err = torch.where(zero, 0.0, torch.maximum(err_min, err_max))
-    lam_min = torch.where(zero, 0.0, lam_min)
+    err = run.err(torch.maximum(err_min, err_max), lam_max)
+    lam_min = torch.where(lam_max <= 0, 0.0, lam_min)  # S == 0: every vector is an eigenvector
     return run.scaled(lam_min), run.scaled(lam_max), u_min, u_max, err

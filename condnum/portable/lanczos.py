@@ -8,7 +8,8 @@ in the middle of a step). Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smalle
 from the small T on the host in float64, for just the pairs a check reads, by the CPU
 kernel's own routines (condnum.portable.tridiagonal), with the same hints from the previous
 check at each end; its residual ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]| bounds the
-distance from theta_i to an eigenvalue of A (the CPU kernel's bound).
+distance from theta_i to an eigenvalue of A (the CPU kernel's bound), floored at the
+rounding of the products A v (_policy.product_floor), below which it keeps falling.
 
 Host synchronisation: one copy of the step's three numbers (alpha_j's two terms, beta_j,
 in a (3, max_steps) buffer, copied whole in one transfer) to the host per step, which is
@@ -37,7 +38,8 @@ class Ritz:
     index: int  # 0 = the smallest Ritz value
     m: int  # basis size it was computed at
     value: float  # theta_i
-    bound: float  # error bound on theta_i: the residual (0 if the space is invariant)
+    bound: float  # error bound on theta_i: the residual, at least _policy.product_floor
+    # (the rounding of the products A v)
     s: torch.Tensor  # (m,) float64 eigenvector of T_m on the host: y_i = V_m^T s
 
 
@@ -157,10 +159,12 @@ class Lanczos:
             if m > 1 and (e.m != m or bottom or e.from_top == from_top):
                 e.value, e.bound, e.m, e.from_top = theta, self._bound(s), m, from_top
         theta, s = cache[("pair", i)]
-        return Ritz(i, m, theta, self._bound(s), torch.from_numpy(s))
+        bound = max(self._bound(s), _policy.product_floor(self.max_abs_value(), self.eps))
+        return Ritz(i, m, theta, bound, torch.from_numpy(s))
 
     def _bound(self, s: np.ndarray) -> float:
-        return 0.0 if self.invariant else float(self.beta[self.size - 1] * abs(s[-1]))
+        # an invariant space is declared at a beta_m below the breakdown level, not at 0
+        return float(self.beta[self.size - 1] * abs(s[-1]))
 
     def ritz_vector(self, r: Ritz, dtype: torch.dtype) -> torch.Tensor:
         """y = V^T s, unit, accumulated in float64, returned in ``dtype``."""

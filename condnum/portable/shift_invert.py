@@ -122,7 +122,7 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
         return z.count_below(mu_threshold) - 1
 
     def error(r: Ritz, z: Lanczos = lz) -> float:  # |d lam| = |d theta| / theta^2
-        bound = max(0.0 if z.invariant else r.bound, rounding_floor(z))
+        bound = max(r.bound, rounding_floor(z))
         return bound / (r.value * r.value) / (1.0 / r.value - tau)
 
     converged = crowded = False
@@ -190,7 +190,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     lz.start(start)
 
     def error(r: Ritz, z: Lanczos = lz) -> float:
-        bound = max(0.0 if z.invariant else r.bound, rounding_floor(z))
+        bound = max(r.bound, rounding_floor(z))
         return bound / (r.value * r.value) / (sigma + 1.0 / r.value)
 
     converged = False

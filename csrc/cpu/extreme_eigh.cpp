@@ -28,8 +28,10 @@
 // Convergence: a Ritz value is accepted when its residual r = ||S y - theta y|| (some
 // eigenvalue lies within r of theta) is below tol * |lam| at two consecutive steps; it is
 // checked after every step in O(m) (tridiagonal bisection and inverse iteration), so no
-// step is wasted. err returns the larger of the two relative bounds. Cost: O(m d^2) for
-// step 1; d^3/3 (the factorisation) + O(m d^2) for step 2.
+// step is wasted. The residual is floored at the rounding of S v (policy::product_floor),
+// err returns the larger of the two relative bounds, at least the rounding of the returned
+// values to S's dtype (policy::with_output_rounding). Cost: O(m d^2) for step 1;
+// d^3/3 (the factorisation) + O(m d^2) for step 2.
 // Eigenvector signs: the component of largest magnitude is positive.
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
@@ -178,7 +180,8 @@ void restart_check(const at::Tensor& W, Plain& p, const Ritz& top_pair, int64_t 
     const at::Tensor residual = at::mv(W, u.to(W.scalar_type())).to(at::kDouble) - r.value * u;
     p.lam_max = r.value;
     p.u_max = u.to(W.scalar_type());
-    p.err_max = relative(residual.norm().item<double>(), r.value);  // for S itself
+    const double floor = policy::product_floor(ck.max_abs_value(), eps_of(W.scalar_type()));
+    p.err_max = relative(std::max(residual.norm().item<double>(), floor), r.value);  // for S
     p.bottom_converged = false;  // its threshold moved: shift-and-invert decides
   }
   if (check_bottom && bottom_refuted) {
@@ -428,7 +431,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   auto wanted = [&]() -> int64_t { return wanted_in(lz); };
   // |d lam| = |d theta| / theta^2
   auto error_in = [&](const Lanczos<double>& z, const Ritz& r) {
-    const double bound = std::max(z.invariant() ? 0.0 : r.bound, rounding_floor(z));
+    const double bound = std::max(r.bound, rounding_floor(z));
     return policy::shift_invert_error(bound, r.value, 1.0 / r.value - tau);
   };
   auto error = [&](const Ritz& r) { return error_in(lz, r); };
@@ -524,7 +527,7 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
   auto error_in = [&](const Lanczos<double>& z, const Ritz& r) {
-    const double bound = std::max(z.invariant() ? 0.0 : r.bound, rounding_floor(z));
+    const double bound = std::max(r.bound, rounding_floor(z));
     return policy::shift_invert_error(bound, r.value, sigma + 1.0 / r.value);
   };
   auto error = [&](const Ritz& r) { return error_in(lz, r); };
@@ -628,7 +631,8 @@ std::pair<at::Tensor, double> in_range(const Symmetrized& s) {
 }
 
 at::Tensor err_tensor(double err, const at::Tensor& S) {
-  return at::scalar_tensor(err, S.options().dtype(at::kDouble));
+  const double bound = policy::with_output_rounding(err, eps_of(S.scalar_type()));
+  return at::scalar_tensor(bound, S.options().dtype(at::kDouble));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> top_eigh_cpu(const at::Tensor& S, int64_t num_iters,

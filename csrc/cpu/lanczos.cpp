@@ -269,7 +269,7 @@ bool Lanczos<scalar_t>::step() {
   beta_.push_back(b);
   scale_ = std::max({scale_, std::abs(alpha), b});
   m_ = j + 1;
-  // A breakdown means V spans an invariant subspace: its Ritz pairs are exact.
+  // A breakdown means V spans an invariant subspace up to rounding.
   invariant_ = policy::breakdown(b, d, eps_, scale_) || m_ == d;
   if (!invariant_) {
     scalar_t* next = V_.mutable_data_ptr<scalar_t>() + (j + 1) * d;
@@ -328,14 +328,16 @@ void Lanczos<scalar_t>::ritz(int64_t i, Ritz& r) {
   // sharper r^2 / gap is not used: while theta mixes the eigenvectors of an unresolved
   // cluster, the Ritz gap overstates the true gap and r^2 / gap accepts a value that lies
   // between two eigenvalues (errors ~1e-3 where 1e-4 was asked, seen in tests).
-  r.residual = invariant_ ? 0.0 : beta_[m_ - 1] * std::abs(r.s[m_ - 1]);
-  r.bound = r.residual;
+  // An invariant space is declared at a beta_m below the breakdown level, not at 0: it
+  // still counts.
+  r.residual = beta_[m_ - 1] * std::abs(r.s[m_ - 1]);
   if (m_ > 1 && (e.m != m_ || bottom || e.from_top == from_top)) {
     e.value = r.value;
-    e.bound = r.bound;
+    e.bound = r.residual;
     e.m = m_;
     e.from_top = from_top;
   }
+  r.bound = std::max(r.residual, policy::product_floor(max_abs_value(), eps_));
 }
 
 template <typename scalar_t>

@@ -11,7 +11,8 @@
 // outside the spectrum first, so that bisection has a few halvings left), s_i by inverse
 // iteration. Its residual is r = ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]|, and some
 // eigenvalue of A lies within r of theta_i: r is the error bound used (ARPACK's test; the
-// sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()).
+// sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()), floored at the
+// rounding of the products A v (policy::product_floor), below which r keeps falling.
 // Cost per step: one operator application plus 4 m d flops (8 m d with the second pass),
 // both through torch's BLAS (two gemv per pass on the contiguous basis); a convergence check
 // costs O(m) per Ritz value; memory (max_steps + 1) d, allocated once.
@@ -53,7 +54,8 @@ struct Ritz {
   int64_t m = 0;          // basis size it was computed at
   double value = 0;       // theta_i
   double residual = 0;    // r = ||A y_i - theta_i y_i||
-  double bound = 0;       // error bound on theta_i: the residual (0 if the space is invariant)
+  double bound = 0;       // error bound on theta_i: the residual, at least
+                          // policy::product_floor (S v's rounding)
   std::vector<double> s;  // (m,) eigenvector of T_m: y_i = V_m^T s
 };
 
@@ -71,7 +73,8 @@ class Lanczos {
   // Starts from v0 (any nonzero vector of shape (d,), converted to scalar_t).
   void start(const at::Tensor& v0);
   // One step: extends the basis by A v_{m-1}. Returns false once the basis is full or
-  // A-invariant (then no further step is taken and the Ritz pairs are exact).
+  // A-invariant (then no further step is taken; the Ritz residuals are below the breakdown
+  // level).
   bool step();
 
   int64_t size() const { return m_; }

@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams<T> 
   const int mode = p.phase == 0 ? kModeTop : p.phase == 1 ? kModeExtreme : kModeShiftInvert;
   double c = 0.0;
   if (si) c = 1.0 / (ctrl->chol[q].threshold + ctrl->chol[q].tau);
-  const Analysis an = analyze(a, b, m, invariant, mode, c, p.rtol, asc);
+  const Analysis an = analyze(a, b, m, mode, c, p.rtol, asc);
   const Tri tri = tri_setup(a, b, m, small);
   if (si) {
     if (tid == 0) select_shift_invert<T>(p, an, an.k >= 0 && an.theta_k > 0.0, tri);
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams<T> 
   Analysis top_an = an;
   int m_top = m;
   if (res.top_step > 0 && res.top_step < m) {
-    const Analysis acc = analyze(a, b, res.top_step, false, kModeTop, 0.0, 0.0, asc);
+    const Analysis acc = analyze(a, b, res.top_step, kModeTop, 0.0, 0.0, asc);
     if (!(an.top_bound <= acc.top_bound || an.top - acc.top > acc.top_bound)) {
       top_an = acc;
       m_top = res.top_step;
@@ -418,7 +418,8 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> 
       for (int k = tid; k < p.d; k += blockDim.x) p.ustart[k] = p.ubot[k];
     if (tid == 0) {
       *p.lam_min = ok ? static_cast<T>(ctrl->lam_min * scale) : quiet_nan<T>();
-      *p.err = ok ? fmax(ctrl->err_max, ctrl->err_min) : nan64;
+      const double e = fmax(ctrl->err_max, ctrl->err_min);
+      *p.err = ok ? policy::with_output_rounding(e, Eps<T>::value) : nan64;
     }
     return;
   }
@@ -436,7 +437,7 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(FinalParams<T> 
         e = 0.0;
       else if (plain)
         e = fmax(ctrl->err_max, ctrl->err_min);
-      *p.err = e;
+      *p.err = policy::with_output_rounding(e, Eps<T>::value);
     }
     return;
   }

@@ -6,7 +6,7 @@
 // alpha_j = h_j (+ the second pass's h_j), beta_j = ||w||, v_{j+1} = w / beta_j. T_m =
 // tridiag(alpha, beta) gives the Ritz pairs (tridiagonal.cuh). Breakdown (beta_j <=
 // kBreakdown sqrt(d) eps64 scale, or m = d; solver_policy.h) means the Krylov space is
-// A-invariant: stop, exact pairs.
+// A-invariant: stop (the pairs' residuals are then below the breakdown level).
 // Operators A (template OP):
 //   OP = 0: A = W, a dense symmetric (d, d) matrix in S's dtype (float32 or float64);
 //   OP = 1: A = (S + tau I)^{-1} = X^T X with X = L^{-1} (cholesky.cuh): B (ldb >= d) holds
@@ -67,7 +67,7 @@ enum LanczosMode : int {
 // Results of one Lanczos run, written by block 0.
 struct LzResult {
   int m;          // steps taken (size of T)
-  int invariant;  // 1: breakdown, the Ritz pairs are exact
+  int invariant;  // 1: breakdown, the Ritz residuals are below its level
   int top_step;   // step at which lam_max was accepted (0: never)
   int bottom_ok;  // kModeExtreme: stopped because the bottom Ritz value was accepted
   int si_ok;      // kModeShiftInvert: stopped because the wanted Ritz value was accepted
@@ -105,12 +105,14 @@ struct LzParams {
 
 // What the convergence checks and the final extraction need from T_m. Error bounds are
 // residuals r = ||A y - theta y|| = b_m |s[m-1]| (some eigenvalue lies within r of theta;
-// ARPACK's test, as the CPU kernels), 0 when the Krylov space is invariant.
+// ARPACK's test, as the CPU kernels; b_m is below the breakdown level, not 0, when the
+// Krylov space is invariant); on S itself (kModeTop, kModeExtreme) at least the rounding
+// of its float64 products, policy::product_floor.
 struct Analysis {
-  double top, top_bound;  // theta_{m-1} and its residual
+  double top, top_bound;  // theta_{m-1} and its error bound
   double lowest;          // theta_0
   int bottom_index;       // kModeExtreme: #{theta < rtol top} (m: none above), else 0
-  double bottom, bottom_bound;  // theta_{bottom_index} (when < m) and its residual
+  double bottom, bottom_bound;  // theta_{bottom_index} (when < m) and its error bound
   int k;                        // kModeShiftInvert: wanted index (-1: none)
   double theta_k, k_bound;      // its Ritz value and residual
   double floor;                 // kModeShiftInvert: policy::rounding_floor of T's Ritz values
@@ -123,15 +125,16 @@ struct AnalysisScratch {
   int* ints;     // >= 4
 };
 
-// Block-wide. a, b: alpha, beta (b[m - 1] = residual coupling), invariant: exact pairs.
+// Block-wide. a, b: alpha, beta (b[m - 1] = residual coupling, below the breakdown level
+// when the space is invariant: it still counts).
 // Targets: theta_{m-1}, theta_0 and (kModeExtreme, rtol > 0) the smallest Ritz value above
 // rtol theta_{m-1}; or (kModeShiftInvert) theta_k, k = #{theta < si_c} - 1, with theta_0
 // and theta_{m-1} for the rounding floor.
-__device__ __noinline__ Analysis analyze(const double* a, const double* b, int m, bool invariant,
-                                         int mode, double si_c, double rtol, AnalysisScratch sc) {
+__device__ __noinline__ Analysis analyze(const double* a, const double* b, int m, int mode,
+                                         double si_c, double rtol, AnalysisScratch sc) {
   const Tri T = tri_setup(a, b, m, sc.tri.red);
   const int tid = threadIdx.x;
-  const double beta_m = invariant ? 0.0 : b[m - 1];
+  const double beta_m = b[m - 1];
   const double inv_s = 1.0 / T.s;
   Analysis out{};
   int G;
@@ -190,6 +193,10 @@ __device__ __noinline__ Analysis analyze(const double* a, const double* b, int m
     }
     __syncthreads();
   }
+  const double floor =
+      policy::product_floor(fmax(fabs(out.lowest), fabs(out.top)), Eps<double>::value);
+  out.top_bound = fmax(out.top_bound, floor);
+  out.bottom_bound = fmax(out.bottom_bound, floor);
   return out;
 }
 
@@ -460,7 +467,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
     // ---- convergence check (every block, identical inputs -> identical decision)
     __syncthreads();
     ++check;
-    const Analysis an = analyze(alpha_s, beta_s, m, false, p.mode, si_c, p.rtol, asc);
+    const Analysis an = analyze(alpha_s, beta_s, m, p.mode, si_c, p.rtol, asc);
     bool stop = false;
     if (p.mode == kModeShiftInvert) {
       const bool found = an.k >= 0 && an.theta_k > 0.0;
