@@ -118,7 +118,8 @@ def extreme_eigh(
     the bottom end comes from shift-and-invert Lanczos through a float64 Cholesky factor,
     so its relative accuracy does not degrade with kappa. Each eigenvalue is accurate to
     ``tol`` relative (default ``DEFAULT_TOL``: 1e-4 float32, 1e-7 float64) within
-    ``num_iters`` steps per end (a warning says when not). ``v0_min``/``v0_max`` warm-start
+    ``num_iters`` steps per end (a warning says when not; a ``tol`` below the rounding of
+    S's dtype, ``4 eps`` relative to lam_max, is never met). ``v0_min``/``v0_max`` warm-start
     the solver (e.g. the previous step's vectors). Eigenvectors have unit norm and their
     largest-magnitude component positive; for a repeated eigenvalue any unit vector of its
     eigenspace may be returned. Differentiable in the eigenvalues (``d lam = u^T dS u``);
