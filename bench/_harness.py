@@ -188,6 +188,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         import condnum
 
         env["condnum_cuda"] = condnum.built_with_cuda()
+        # the native CPU solvers' product kernel: "own" or "blas" (CONDNUM_MATVEC, else the CPU)
+        env["matvec"] = torch.ops.condnum._matvec_choice()
     except ImportError as err:
         env["condnum"] = f"import failed: {err}"
     if torch.version.cuda:

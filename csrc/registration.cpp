@@ -4,6 +4,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/matvec.h"
+
 TORCH_LIBRARY(condnum, m) {
   // S = Z^T Z, exactly symmetric. Z: (N, d) -> S: (d, d).
   m.def("gram(Tensor Z) -> Tensor");
@@ -26,6 +30,11 @@ TORCH_LIBRARY(condnum, m) {
   m.def("r_well(Tensor S, Tensor lam_max, Tensor u_max, int k) -> Tensor");
   m.def("_r_well_backward(Tensor grad, Tensor S, Tensor lam_max, Tensor u_max, int k) -> Tensor");
   m.def("_built_with_cuda() -> bool", []() -> bool { return CONDNUM_WITH_CUDA; });
+  // The CPU solvers' product S v (csrc/cpu/matvec.h): which kernel they use now ("own" or
+  // "blas"), and the own kernel itself, y = A x for a 2-D float32/float64 A (for tests).
+  m.def("_matvec_choice() -> str",
+        []() -> std::string { return condnum::matvec_name(condnum::matvec_choice()); });
+  m.def("_matvec(Tensor A, Tensor x) -> Tensor");
 }
 
 namespace condnum {

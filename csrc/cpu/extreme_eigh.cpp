@@ -48,6 +48,7 @@
 
 #include "cpu/checks.h"
 #include "cpu/lanczos.h"
+#include "cpu/matvec.h"
 #include "solver_policy.h"
 
 namespace condnum {
@@ -127,8 +128,8 @@ struct Plain {
 // started from the check's bottom Ritz vector, takes over. Cost: one more Krylov run; a
 // warm start does not shorten it (its start must be independent of the first).
 template <typename scalar_t>
-void restart_check(const at::Tensor& W, Plain& p, const Ritz& top_pair, int64_t num_iters,
-                   double tol, double rtol, bool want_bottom) {
+void restart_check(const at::Tensor& W, Matvec product, Plain& p, const Ritz& top_pair,
+                   int64_t num_iters, double tol, double rtol, bool want_bottom) {
   const int64_t d = W.size(0);
   const auto y64 = p.u_max.to(at::kDouble).contiguous();
   const double* y = y64.const_data_ptr<double>();
@@ -140,8 +141,8 @@ void restart_check(const at::Tensor& W, Plain& p, const Ritz& top_pair, int64_t 
   };
   Lanczos<scalar_t> ck(
       d, num_iters,
-      [&W, &project](const at::Tensor& v, at::Tensor& w) {
-        at::mv_out(w, W, v);
+      [&W, &project, product](const at::Tensor& v, at::Tensor& w) {
+        matvec_out(w, W, v, product);
         project(w.mutable_data_ptr<scalar_t>());
       },
       W.options(), "condnum::lanczos_step");
@@ -197,9 +198,10 @@ template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
                     double rtol, bool want_bottom, const char* op) {
   const int64_t d = W.size(0);
+  const Matvec product = matvec_choice();
   Lanczos<scalar_t> lz(
       d, num_iters,
-      [&W](const at::Tensor& v, at::Tensor& w) { at::mv_out(w, W, v); },
+      [&W, product](const at::Tensor& v, at::Tensor& w) { matvec_out(w, W, v, product); },
       W.options(), "condnum::lanczos_step");
   lz.start(start);
   const double eps = eps_of(W.scalar_type());
@@ -282,7 +284,7 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   // The whole space spanned (m = d) leaves nothing to miss; an unconverged top is reported
   // by err already.
   if (top_done && lz.size() < d && top.value > 0)
-    restart_check<scalar_t>(W, out, top, num_iters, tol, rtol, want_bottom);
+    restart_check<scalar_t>(W, product, out, top, num_iters, tol, rtol, want_bottom);
   return out;
 }
 

@@ -246,16 +246,29 @@ bool Lanczos<scalar_t>::step() {
   RECORD_USER_SCOPE(step_name_);
   const int64_t j = m_, d = d_;
   apply_(V_.select(0, j), w_);
-  // Classical Gram-Schmidt against v_0 .. v_j (this also subtracts alpha_j v_j and
-  // beta_{j-1} v_{j-1}), repeated once when it cancelled more than half of ||w||^2
-  // (Daniel-Gragg-Kaufman-Stewart: "twice is enough"). A looser criterion loses
-  // orthogonality: one classical pass is not stable on its own.
-  // Each pass is two BLAS gemv on the basis rows: h = V_j w, then w -= V_j^T h.
+  // The three-term recurrence first, w -= beta_{j-1} v_{j-1} + alpha v_j (O(d)), which
+  // removes the large components of w along the basis; then classical Gram-Schmidt against
+  // v_0 .. v_j for what rounding left, repeated once when that pass cancelled more than
+  // half of ||w||^2 (Daniel-Gragg-Kaufman-Stewart: "twice is enough"; a looser criterion
+  // loses orthogonality). After the recurrence the full pass removes only rounding-level
+  // components, so the second one is rarely needed: one pass of two BLAS gemv on the basis
+  // rows (h = V_j w, then w -= V_j^T h) where subtracting nothing first took two.
   const auto basis = V_.narrow(0, 0, j + 1);  // (j + 1, d)
   auto h = h_.narrow(0, 0, j + 1);
-  const scalar_t* pw = w_.const_data_ptr<scalar_t>();
+  scalar_t* pw = w_.mutable_data_ptr<scalar_t>();
+  const scalar_t* V = V_.const_data_ptr<scalar_t>();
+  const scalar_t* pv = V + j * d;
+  if (j > 0) {
+    const scalar_t* prev = V + (j - 1) * d;
+    const auto b = static_cast<scalar_t>(beta_[j - 1]);
+    for (int64_t i = 0; i < d; ++i) pw[i] -= b * prev[i];
+  }
+  double alpha = 0;
+  for (int64_t i = 0; i < d; ++i) alpha += static_cast<double>(pv[i]) * pw[i];
+  const auto a = static_cast<scalar_t>(alpha);
+  for (int64_t i = 0; i < d; ++i) pw[i] -= a * pv[i];
   const scalar_t* ph = h_.const_data_ptr<scalar_t>();
-  double before = sum_squares(pw, d), alpha = 0, after = before;
+  double before = sum_squares(pw, d), after = before;
   for (int pass = 0; pass < 2; ++pass) {
     at::mv_out(h, basis, w_);
     at::addmv_out(w_, w_, basis.t(), h, /*beta=*/1, /*alpha=*/-1);

@@ -2,10 +2,10 @@
 //
 // From a unit start vector v_0, builds an orthonormal Krylov basis V = [v_0 .. v_{m-1}]
 // (rows of a preallocated (max_steps + 1, d) buffer) and the tridiagonal T = V^T A V
-// (alpha on the diagonal, beta off it). Each new direction w = A v_j is orthogonalised
-// against the whole basis by classical Gram-Schmidt, with a second pass when the first
-// removed more than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values
-// do not repeat. Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T
+// (alpha on the diagonal, beta off it). Each new direction w = A v_j loses the three-term
+// recurrence's beta_{j-1} v_{j-1} + alpha_j v_j first, then is orthogonalised against the
+// whole basis by classical Gram-Schmidt, with a second pass when the first removed more
+// than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values do not repeat. Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T
 // by O(m) tridiagonal routines: theta_i by Sturm-sequence bisection (at the two ends of the
 // spectrum, which the checks read at every step, Newton's method on det(x I - T) from
 // outside the spectrum first, so that bisection has a few halvings left), s_i by inverse
@@ -13,8 +13,9 @@
 // eigenvalue of A lies within r of theta_i: r is the error bound used (ARPACK's test; the
 // sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()), floored at the
 // rounding of the products A v (policy::product_floor), below which r keeps falling.
-// Cost per step: one operator application plus 4 m d flops (8 m d with the second pass),
-// both through torch's BLAS (two gemv per pass on the contiguous basis); a convergence check
+// Cost per step: one operator application, O(d) for the recurrence, plus 4 m d flops (8 m d
+// with the rare second pass) through torch's BLAS (two gemv per pass on the contiguous
+// basis); a convergence check
 // costs O(m) per Ritz value; memory (max_steps + 1) d, allocated once.
 #pragma once
 #include <ATen/ATen.h>

@@ -1,0 +1,30 @@
+// y = A x on the CPU for a row-major A: the product of every plain Lanczos step.
+//
+// torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
+// not Intel's: on an AMD EPYC (2 threads, d = 768) torch.mv ran at about half the speed of
+// the loop below (float32 62 us against 33 us, float64 107 against 64). So on such a CPU the
+// solvers multiply by S here; elsewhere through torch (at::mv). CONDNUM_MATVEC=own|blas
+// overrides the choice (read at every solve, so a test can switch it).
+//
+// own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for), each row one
+// dot product with 4 vector accumulators (AVX2 + FMA when the CPU has them, else 4 scalar
+// partial sums) combined in a fixed order: bitwise the same result at any thread count.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace condnum {
+
+enum class Matvec { blas, own };
+
+// The product the solvers use now: CONDNUM_MATVEC if set (own|blas, anything else is an
+// error), else own for MKL on an AMD CPU, else blas.
+Matvec matvec_choice();
+const char* matvec_name(Matvec kind);
+
+// y = A x, A: (rows, cols) contiguous, x: (cols,) contiguous, y: (rows,), all one dtype
+// (float32/float64); the kernel named by kind.
+void matvec_out(at::Tensor& y, const at::Tensor& A, const at::Tensor& x, Matvec kind);
+
+}  // namespace condnum

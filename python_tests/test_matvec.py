@@ -1,0 +1,138 @@
+"""The CPU solvers' product S v: condnum's own kernel (``torch.ops.condnum._matvec``) against a
+float64 reference, which kernel the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an
+AMD CPU), and the native solvers under both kernels, whichever the machine would pick."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import log_spectrum, spd_from_spectrum
+from hypothesis import given
+from hypothesis import strategies as st
+
+import condnum
+from condnum import functional as F
+from condnum.defaults import DEFAULT_TOL, dtype_rtol
+
+ops = torch.ops.condnum
+
+
+@st.composite
+def products(draw):
+    """(A, x): shapes around the kernel's blocks of 32 (float32) and 16 (float64) and their
+    tails, entries spread over `decades` orders of magnitude with mixed signs."""
+    rows = draw(st.integers(1, 70))
+    cols = draw(st.sampled_from([1, 3, 15, 16, 17, 31, 32, 33, 64, 100, 257]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    decades = draw(st.sampled_from([0.0, 6.0]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    A = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    A *= 10.0 ** (-decades * torch.rand(rows, cols, generator=g, dtype=torch.float64))
+    x = torch.randn(cols, generator=g, dtype=torch.float64)
+    return A.to(dtype), x.to(dtype)
+
+
+@given(products())
+def test_own_matvec_is_within_the_dot_product_bound(Ax):
+    """|y_i - (A x)_i| <= gamma_n sum_j |A_ij x_j|, n = cols + 8 (the lanes and the
+    accumulators add at most 8 more roundings), for any order of summation."""
+    A, x = Ax
+    y = ops._matvec(A, x)
+    assert y.dtype == A.dtype and y.shape == (A.shape[0],)
+    A64, x64 = A.double(), x.double()
+    n = A.shape[1] + 8
+    eps = torch.finfo(A.dtype).eps / 2
+    bound = n * eps / (1 - n * eps) * (A64.abs() @ x64.abs())
+    assert ((y.double() - A64 @ x64).abs() <= bound).all()
+
+
+def test_own_matvec_is_the_same_at_any_thread_count():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        A = torch.randn(1000, 768, generator=g, dtype=dtype)
+        x = torch.randn(768, generator=g, dtype=dtype)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = ops._matvec(A, x)
+            torch.set_num_threads(2)
+            two = ops._matvec(A, x)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(one, two)
+
+
+def test_own_matvec_rejects_bad_shapes_and_dtypes():
+    with pytest.raises(ValueError, match="A must be"):
+        ops._matvec(torch.ones(3, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="must both be float32 or both float64"):
+        ops._matvec(torch.ones(3, 4), torch.ones(4, dtype=torch.float64))
+
+
+def _mkl_on_amd() -> bool:
+    """The rule the kernel applies, read independently: torch's BLAS is MKL and the CPU is an
+    AMD one with AVX2 and FMA."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not torch.backends.mkl.is_available() or not cpuinfo.exists():
+        return False
+    text = cpuinfo.read_text()
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
+    return "AuthenticAMD" in text and {"avx2", "fma"} <= flags
+
+
+def test_the_choice_follows_the_environment_and_the_cpu(monkeypatch):
+    monkeypatch.delenv("CONDNUM_MATVEC", raising=False)
+    assert ops._matvec_choice() == ("own" if _mkl_on_amd() else "blas")
+    for name in ("own", "blas"):
+        monkeypatch.setenv("CONDNUM_MATVEC", name)
+        assert ops._matvec_choice() == name
+    monkeypatch.setenv("CONDNUM_MATVEC", "mkl")
+    S = torch.eye(4)
+    with condnum.backend("native"), pytest.raises(ValueError, match="CONDNUM_MATVEC must be"):
+        F.top_eigh(S)
+
+
+#: (name, spectrum, converges): a null space next to a 1e-3 bottom is a case whose err may
+#: exceed tol (reported, and warned about by condnum.functional); err still bounds the error.
+CASES = [
+    ("geometric", lambda d: torch.logspace(0, -4, d, dtype=torch.float64), True),
+    ("log-uniform", lambda d: log_spectrum(d, 1e6, seed=3), True),
+    (
+        "rank-deficient",
+        lambda d: torch.cat([log_spectrum(d - 40, 1e3, seed=4), torch.zeros(40)]),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("name,spectrum,converges", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_solvers_agree_under_both_kernels(monkeypatch, name, spectrum, converges, dtype):
+    """extreme_eigh and top_eigh against float64 eigvalsh under either product: err covers
+    the true error and meets tol where the case converges; the two runs agree within their
+    error bounds."""
+    d = 160
+    S = spd_from_spectrum(spectrum(d), seed=11, dtype=dtype)
+    ev = torch.linalg.eigvalsh(S.double())
+    rtol = dtype_rtol(S)
+    lam_max = float(ev[-1])
+    lam_min = float(ev[ev > rtol * lam_max][0])
+    results = {}
+    tol = DEFAULT_TOL[dtype]
+    with condnum.backend("native"):
+        for kernel in ("own", "blas"):
+            monkeypatch.setenv("CONDNUM_MATVEC", kernel)
+            lo, hi, _, _, err = ops.extreme_eigh(S, 128, rtol, tol, None, None)
+            top, _, top_err = ops.top_eigh(S, 128, tol, None)
+            e, te = float(err), float(top_err)
+            assert te <= tol and (e <= tol or not converges)
+            assert abs(float(hi) - lam_max) <= e * lam_max
+            assert abs(float(lo) - lam_min) <= e * lam_min
+            assert abs(float(top) - lam_max) <= te * lam_max
+            results[kernel] = (float(lo), float(hi), e)
+    (lo_a, hi_a, e_a), (lo_b, hi_b, e_b) = results["own"], results["blas"]
+    assert abs(hi_a - hi_b) <= (e_a + e_b) * lam_max
+    assert abs(lo_a - lo_b) <= (e_a + e_b) * lam_min
