@@ -258,24 +258,29 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
     if not out.converged:
         tau = max(rtol, _policy.TAU_D_EPS * d * EPS64) * lam_max
         chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau)
-        # A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at
-        # that scale can swamp it: shift by ~lam / 4 instead (one more factorisation).
+        wide_tried = False
+
+        def with_wide_shift(best: Bottom) -> Bottom:
+            """A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding
+            at that scale can swamp it: shift by ~lam / 4 instead (lam from the best solve
+            so far, else plain Lanczos' estimate; one more factorisation)."""
+            nonlocal wide_tried
+            guess = best.lam if best.lam > _policy.WIDE_MARGIN * tau else theta_range
+            if not guess > _policy.WIDE_MARGIN * tau:
+                return best
+            wide_tried = True
+            start_wide = best.u if best.u is not None else start64
+            wide = cholesky_bottom(
+                W, lam_max, rtol, tol, num_iters, start_wide, _policy.WIDE_SHIFT * guess
+            )
+            if not math.isnan(wide.lam) and (
+                math.isnan(best.lam) or wide.converged or wide.err < best.err
+            ):
+                return wide
+            return best
+
         if chol.floor_limited or math.isnan(chol.lam):
-            guess = chol.lam if chol.lam > _policy.WIDE_MARGIN * tau else theta_range
-            if guess > _policy.WIDE_MARGIN * tau:
-                wide = cholesky_bottom(
-                    W,
-                    lam_max,
-                    rtol,
-                    tol,
-                    num_iters,
-                    chol.u if chol.u is not None else start64,
-                    _policy.WIDE_SHIFT * guess,
-                )
-                if not math.isnan(wide.lam) and (
-                    math.isnan(chol.lam) or wide.converged or wide.err < chol.err
-                ):
-                    chol = wide
+            chol = with_wide_shift(chol)
         if (
             ldl_ok
             and not tried_ldl
@@ -285,6 +290,10 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
             alt = ldl_bottom(W, lam_max, rtol, tol, num_iters, start_ldl)
             if not math.isnan(alt.lam) and (alt.converged or not chol.converged):
                 chol = alt
+        # The LDL^T run is rounding-limited in the same way when S has a null space: its
+        # eigenvalues map to about -1/threshold there. Then the wide shift, from its estimate.
+        if not chol.converged and not wide_tried:
+            chol = with_wide_shift(chol)
         if math.isnan(out.lam) or chol.converged or chol.err < out.err:
             out = chol
     if math.isnan(out.lam):

@@ -597,23 +597,27 @@ Bottom shift_invert_bottom(const at::Tensor& W, double lam_max, double rtol, dou
     const double tau = policy::cholesky_shift(rtol, d, lam_max);
     auto chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau);
     // A null space maps to ~1/tau, far above the wanted 1/(lam + tau), and rounding at that
-    // scale can swamp it: shift by ~lam / 4 instead (lam from this solve, else plain
-    // Lanczos' estimate), which maps the null space within a factor 5 of the wanted value
-    // (one more factorisation; policy::kWideShift).
-    if (chol.floor_limited || std::isnan(chol.lam)) {
+    // scale can swamp it: shift by ~lam / 4 instead (lam from the best solve so far, else
+    // plain Lanczos' estimate), which maps the null space within a factor 5 of the wanted
+    // value (one more factorisation; policy::kWideShift).
+    bool wide_tried = false;
+    auto try_wide = [&]() {
       const double guess = chol.lam > policy::kWideMargin * tau ? chol.lam : theta_range;
-      if (guess > policy::kWideMargin * tau) {
-        auto wide = cholesky_bottom(W, lam_max, rtol, tol, num_iters,
-                                    chol.u.defined() ? chol.u : start64,
-                                    policy::kWideShift * guess);
-        if (!std::isnan(wide.lam) && (std::isnan(chol.lam) || wide.converged || wide.err < chol.err))
-          chol = wide;
-      }
-    }
+      if (!(guess > policy::kWideMargin * tau)) return;
+      wide_tried = true;
+      auto wide = cholesky_bottom(W, lam_max, rtol, tol, num_iters,
+                                  chol.u.defined() ? chol.u : start64, policy::kWideShift * guess);
+      if (!std::isnan(wide.lam) && (std::isnan(chol.lam) || wide.converged || wide.err < chol.err))
+        chol = wide;
+    };
+    if (chol.floor_limited || std::isnan(chol.lam)) try_wide();
     if (!tried_ldl && (chol.crowded || (!chol.converged && chol.interior && rtol > 0))) {
       auto alt = ldl_bottom(W, lam_max, rtol, tol, num_iters, chol.u.defined() ? chol.u : start64);
       if (!std::isnan(alt.lam) && (alt.converged || !chol.converged)) chol = alt;
     }
+    // The LDL^T run is rounding-limited in the same way when S has a null space: its
+    // eigenvalues map to about -1/threshold there. Then the wide shift, from its estimate.
+    if (!chol.converged && !wide_tried) try_wide();
     if (std::isnan(out.lam) || chol.converged || chol.err < out.err) out = chol;
   }
   TORCH_CHECK_VALUE(!std::isnan(out.lam), "condnum.extreme_eigh: found no eigenvalue above ",
