@@ -5,8 +5,9 @@
 // (alpha on the diagonal, beta off it). Each new direction w = A v_j loses the three-term
 // recurrence's beta_{j-1} v_{j-1} + alpha_j v_j first, then is orthogonalised against the
 // whole basis by classical Gram-Schmidt, with a second pass when the first removed more
-// than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values do not repeat. Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T
-// by O(m) tridiagonal routines: theta_i by Sturm-sequence bisection (at the two ends of the
+// than half of ||w||^2 (DGKS criterion, "twice is enough"), so Ritz values do not repeat.
+// Ritz pair i (theta_i, y_i = V^T s_i), i = 0 the smallest, comes from T by O(m)
+// tridiagonal routines: theta_i by Sturm-sequence bisection (at the two ends of the
 // spectrum, which the checks read at every step, Newton's method on det(x I - T) from
 // outside the spectrum first, so that bisection has a few halvings left), s_i by inverse
 // iteration. Its residual is r = ||A y_i - theta_i y_i|| = beta_m |s_i[m-1]|, and some
@@ -15,8 +16,8 @@
 // rounding of the products A v (policy::product_floor), below which r keeps falling.
 // Cost per step: one operator application, O(d) for the recurrence, plus 4 m d flops (8 m d
 // with the rare second pass) through torch's BLAS (two gemv per pass on the contiguous
-// basis); a convergence check
-// costs O(m) per Ritz value; memory (max_steps + 1) d, allocated once.
+// basis); a convergence check costs O(m) per Ritz value; memory (max_steps + 1) d,
+// allocated once.
 #pragma once
 #include <ATen/ATen.h>
 
