@@ -31,7 +31,8 @@ TORCH_LIBRARY(condnum, m) {
   m.def("_r_well_backward(Tensor grad, Tensor S, Tensor lam_max, Tensor u_max, int k) -> Tensor");
   m.def("_built_with_cuda() -> bool", []() -> bool { return CONDNUM_WITH_CUDA; });
   // The CPU solvers' product S v (csrc/cpu/matvec.h): which kernel they use now ("own" or
-  // "blas"), and the own kernel itself, y = A x for a 2-D float32/float64 A (for tests).
+  // "blas"), and the own kernel itself, y = A x for a 2-D float32/float64 A, x of shape (cols,),
+  // or the paired kernel for x of shape (2, cols) (rows: the two vectors) (for tests).
   m.def("_matvec_choice() -> str",
         []() -> std::string { return condnum::matvec_name(condnum::matvec_choice()); });
   m.def("_matvec(Tensor A, Tensor x) -> Tensor");

@@ -75,10 +75,14 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
             # the step-cost columns of the CPU kernel (timings: not compared)
             assert row["lz_step"] > 0 and row["steps"] >= 1 and row["step_floor"] > 0
             assert row["converged"] in ("yes", "no")
-            # runs: the same steps split by Krylov run ("L40 L29 S25 S36")
-            runs = [(r[0], int(r[1:])) for r in row["runs"].split()]
-            assert all(kind in "LS" and n >= 1 for kind, n in runs), row["runs"]
-            assert sum(n for _, n in runs) == row["steps"] and runs[0][0] == "L"
+            # runs: the same steps split by Krylov run, x2 for paired steps
+            # ("L37x2 L17 S44x2 S4": a paired step is two)
+            runs = [
+                (r[0], int(r[1:].removesuffix("x2")), r.endswith("x2")) for r in row["runs"].split()
+            ]
+            assert all(kind in "LS" and n >= 1 for kind, n, _ in runs), row["runs"]
+            assert sum(n * (2 if pair else 1) for _, n, pair in runs) == row["steps"]
+            assert runs[0][0] == "L"
         if script == "bench_block_lanczos.py":  # the block runs meet the default tol (1e-7)
             assert row["steps"] >= 1 and row["err_1"] < 1e-5 and row["err_2"] < 1e-5
             assert row["passes_1"] >= 1 and row["passes_2"] >= 1

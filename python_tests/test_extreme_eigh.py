@@ -251,3 +251,29 @@ def test_gram_made_indefinite_by_rounding_is_accepted(impl, device, request):
         lam_min, lam_max, _, _ = F.extreme_eigh(S, rtol=0.0)
     assert rel_err(lam_max.item(), ev[-1].item()) <= eig_rtol(S, 0.0, end="max")
     assert 0 <= lam_min.item() <= 200 * torch.finfo(torch.float32).eps * ev[-1].item()
+
+
+def _step_ranges(fn) -> dict[str, int]:
+    """The native CPU kernel's step ranges in one ``fn()`` call (torch.profiler), by name."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        if e.name.startswith("condnum::") and e.name.endswith("_step"):
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_restart_checks_run_alongside_their_first_runs(dtype, impl):
+    """Each restart check shares its first run's products: a cold solve takes paired steps
+    (one pass over S, or over the shift-and-invert factor, for both runs), a paired step
+    being one step of each run. Native only: the portable path marks no steps."""
+    if impl.backend != "native":
+        pytest.skip("the portable path marks no profiler ranges")
+    S = spd_from_spectrum(log_spectrum(300, 1e6, 0), 0, dtype)
+    top = _step_ranges(lambda: F.top_eigh(S))
+    assert top.get("condnum::lanczos_pair_step", 0) >= _policy.FIRST_CHECK
+    both = _step_ranges(lambda: F.extreme_eigh(S))
+    assert both.get("condnum::lanczos_pair_step", 0) >= _policy.FIRST_CHECK
+    assert both.get("condnum::shift_invert_pair_step", 0) >= _policy.FIRST_CHECK

@@ -49,6 +49,18 @@ def test_own_matvec_is_within_the_dot_product_bound(Ax):
     assert ((y.double() - A64 @ x64).abs() <= bound).all()
 
 
+@given(products(), st.integers(0, 2**31 - 1))
+def test_paired_matvec_gives_each_vector_the_single_products_bits(Ax, seed):
+    """The paired kernel (x: (2, cols)) reads each row once for two vectors; each row of its
+    result is bitwise the single product of that vector (the same summation order)."""
+    A, x = Ax
+    g = torch.Generator().manual_seed(seed)
+    x2 = torch.randn(x.shape[0], generator=g, dtype=torch.float64).to(A.dtype)
+    y = ops._matvec(A, torch.stack((x, x2)))
+    assert y.dtype == A.dtype and y.shape == (2, A.shape[0])
+    assert torch.equal(y[0], ops._matvec(A, x)) and torch.equal(y[1], ops._matvec(A, x2))
+
+
 def test_own_matvec_is_the_same_at_any_thread_count():
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -68,6 +80,8 @@ def test_own_matvec_is_the_same_at_any_thread_count():
 def test_own_matvec_rejects_bad_shapes_and_dtypes():
     with pytest.raises(ValueError, match="A must be"):
         ops._matvec(torch.ones(3, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="A must be"):
+        ops._matvec(torch.ones(3, 4), torch.ones(3, 4))  # three vectors: only pairs
     with pytest.raises(ValueError, match="must both be float32 or both float64"):
         ops._matvec(torch.ones(3, 4), torch.ones(4, dtype=torch.float64))
 

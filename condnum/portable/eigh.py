@@ -10,8 +10,10 @@
    bottom Ritz value of the same Krylov space is pursued while a ski-rental budget (a
    fraction of the shift-and-invert cost) lasts and S is not too ill-conditioned for it.
 2. Otherwise shift-and-invert in float64 (condnum.portable.shift_invert).
-Each accepted end is checked by a second run from an independent pseudo-random start on the
-operator deflated by the accepted vector (_restart_check, shift_invert.deflated_check).
+Each accepted end is checked by a second run from an independent pseudo-random start, in
+lockstep with the first (a two-column product or a two-right-hand-side solve per step):
+it must not find a Ritz value more extreme by more than the accepted one's bound
+(_Check, shift_invert.InvertCheck).
 Eigenvector signs: the component of largest magnitude is positive. Eigenvalues down to
 -sqrt(eps(S)) lam_max are rounding; only below that is S indefinite.
 
@@ -29,7 +31,14 @@ import torch
 from condnum import _policy
 from condnum._ops import check_budget, check_square, fail
 from condnum.portable.checks import range_scale, symmetrized
-from condnum.portable.lanczos import Acceptance, Lanczos, Ritz, deflated, pseudo_random_unit
+from condnum.portable.lanczos import (
+    Acceptance,
+    Lanczos,
+    Ritz,
+    pseudo_random_unit,
+    run_with_check,
+    stacked,
+)
 from condnum.portable.shift_invert import shift_invert_bottom
 
 
@@ -77,10 +86,65 @@ class Plain:
     bottom_converged: bool = False
 
 
+class _Check:
+    """The restart check of plain Lanczos, the CPU kernel's Check: a second run from an
+    independent pseudo-random start (stream CHECK_STREAM) alongside the first, accepted by
+    the same rule. When its top Ritz value ends above theta by more than theta's bound, the
+    first run had settled on a neighbour of lam_max: its pair, the more extreme, replaces
+    the first. A bottom value accepted from plain Lanczos stands only if the check's own
+    bottom Ritz value in the numerical range converges at or above it (minus its bound)
+    within the first run's steps + RATE_WINDOW; otherwise shift-and-invert takes over from
+    the check's bottom vector."""
+
+    def __init__(self, ck: Lanczos, want_bottom: bool, tol: float, rtol: float) -> None:
+        self.ck, self.want_bottom, self.tol, self.rtol = ck, want_bottom, tol, rtol
+        self.top_decided = self.bottom_decided = self.bottom_refuted = False
+        self.check_bottom = False  # a bottom accepted by the first run is to be checked
+        self.below = 0.0  # the check's bottom refutes it below this
+        self.bottom_budget = 0
+        self.top_ok, self.bottom_ok = Acceptance(), Acceptance()
+        self.r: Ritz | None = None  # the check's top pair
+        self.b: Ritz | None = None  # its bottom pair in the numerical range
+
+    def decided(self, first_done: bool) -> bool:
+        """After a step of the check: whether it is decided. ``first_done``: the first run
+        has ended and set check_bottom, below and bottom_budget."""
+        ck, tol = self.ck, self.tol
+        m = ck.size
+        if m < _policy.FIRST_CHECK and ck.can_step:
+            return False
+        if not self.top_decided:
+            self.r = ck.ritz(m - 1)
+            self.top_decided = ck.invariant or self.top_ok(
+                self.r.bound <= tol * abs(self.r.value), m
+            )
+        if not first_done:
+            return self.top_decided and not self.want_bottom
+        if not self.bottom_decided:
+            ib = ck.count_below(self.rtol * self.r.value) if self.rtol > 0 else 0
+            if ib < m:
+                self.b = ck.ritz(ib)
+                self.bottom_refuted = self.b.value < self.below
+                self.bottom_decided = (
+                    self.bottom_refuted
+                    or ck.invariant
+                    or self.bottom_ok(self.b.bound <= tol * self.b.value, m)
+                )
+            if not self.bottom_decided and m >= self.bottom_budget:
+                self.bottom_decided = self.bottom_refuted = True
+        return self.top_decided and self.bottom_decided
+
+
 def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
     d = W.shape[0]
-    lz = Lanczos(lambda v: torch.mv(W, v), d, num_iters, W.dtype, W.device)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return torch.mv(W, v)
+
+    lz = Lanczos(apply, d, num_iters, W.dtype, W.device)
+    ck = Lanczos(apply, d, num_iters, W.dtype, W.device)
     lz.start(start)
+    ck.start(pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM))
     eps = torch.finfo(W.dtype).eps
     si_cost = _shift_invert_cost(d, W.dtype)
     top_done = bottom_converged = False
@@ -88,25 +152,28 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
     top: Ritz | None = None
     top_step = bottom_index = 0
     log_rel = [0.0] * (lz.max_steps + 1)  # log(bound / theta) by step
-    while lz.step():
+
+    def first_ended() -> bool:
+        """After a step of the first run: whether it has ended."""
+        nonlocal top_done, top, top_step, bottom_index, bottom_converged
         m = lz.size
         last = not lz.can_step
         if m < _policy.FIRST_CHECK and not last:
-            continue
+            return False
         if not top_done:
             top = lz.ritz(m - 1)
             top_done = lz.invariant or top_ok(top.bound <= tol * abs(top.value), m)
             if not top_done:
-                continue
+                return last
             top_step = m
             if not want_bottom:
-                break
+                return True
         # The bottom end from the same Krylov space: the smallest Ritz value above the
         # threshold, while S is not too ill-conditioned for S's dtype.
         lam_top = top.value
         ib = lz.count_below(rtol * lam_top) if rtol > 0 else 0
         if ib >= m:
-            break
+            return True
         bottom = lz.ritz(ib)
         same_target = ib == bottom_index
         bottom_index = ib
@@ -114,12 +181,12 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
             bottom.value <= rtol * lam_top
             or _policy.product_floor(lam_top, eps) > tol * bottom.value
         ):
-            break
+            return True
         if lz.invariant or bottom_ok(bottom.bound <= tol * bottom.value and same_target, m):
             bottom_converged = True
-            break
+            return True
         if last:
-            break
+            return True
         # Ski rental: give up once the steps spent on the bottom alone reach a fraction of
         # the shift-and-invert cost, or earlier when the error bound's recent decay rate
         # predicts that it will not converge in time.
@@ -127,91 +194,63 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         allowance = _policy.SKI_RENTAL * si_cost - extra
         log_rel[m] = math.log(max(bottom.bound, _policy.LOG_BOUND_FLOOR) / bottom.value)
         if allowance <= 0:
-            break
+            return True
         if extra >= _policy.RATE_WINDOW:
             rate = (log_rel[m - _policy.RATE_WINDOW] - log_rel[m]) / _policy.RATE_WINDOW
             needed = (log_rel[m] - math.log(tol)) / max(rate, _policy.MIN_RATE)
             if needed > _policy.RATE_MARGIN * allowance or m + needed > lz.max_steps:
-                break
-    # Keep the accepted top pair unless the final one has a smaller bound, or has risen past
-    # the accepted one's bound (which had then settled on a lower eigenvalue).
-    final = lz.ritz(lz.size - 1)
-    if not top_done or final.bound <= top.bound or final.value - top.value > top.bound:
-        top = final
-    lowest = lz.value(0)
-    if lowest < -_policy.indefinite_floor(W.dtype) * abs(top.value):  # Ritz values lie inside
-        fail(
-            op,
-            f"S must be positive semi-definite, but it has an eigenvalue {lowest:g} < 0 "
-            f"(lam_max = {top.value:g})",
-        )
-    out = Plain(top.value, lz.ritz_vector(top, W.dtype), _relative(top.bound, top.value))
-    if want_bottom:
-        bottom = lz.ritz(min(bottom_index, lz.size - 1))
-        out.lowest = lowest
-        out.lam_bottom = bottom.value
-        out.err_bottom = _relative(bottom.bound, bottom.value)
-        out.bottom_converged = bottom_converged
-        out.u_bottom = lz.ritz_vector(bottom, W.dtype)
-    # The whole space spanned (m = d) leaves nothing to miss; an unconverged top is
-    # reported by err already.
-    if top_done and lz.size < d and top.value > 0:
-        _restart_check(W, out, top, lz.size, num_iters, tol, rtol, want_bottom)
+                return True
+        return False
+
+    out: Plain | None = None
+    check = _Check(ck, want_bottom, tol, rtol)
+
+    def on_first_end() -> bool:
+        """The first run's result; whether the check is needed."""
+        nonlocal top, out
+        # Keep the accepted top pair unless the final one has a smaller bound, or has risen
+        # past the accepted one's bound (which had then settled on a lower eigenvalue).
+        final = lz.ritz(lz.size - 1)
+        if not top_done or final.bound <= top.bound or final.value - top.value > top.bound:
+            top = final
+        lowest = lz.value(0)
+        if lowest < -_policy.indefinite_floor(W.dtype) * abs(top.value):  # Ritz values lie inside
+            fail(
+                op,
+                f"S must be positive semi-definite, but it has an eigenvalue {lowest:g} < 0 "
+                f"(lam_max = {top.value:g})",
+            )
+        out = Plain(top.value, lz.ritz_vector(top, W.dtype), _relative(top.bound, top.value))
+        if want_bottom:
+            bottom = lz.ritz(min(bottom_index, lz.size - 1))
+            out.lowest = lowest
+            out.lam_bottom = bottom.value
+            out.err_bottom = _relative(bottom.bound, bottom.value)
+            out.bottom_converged = bottom_converged
+            out.u_bottom = lz.ritz_vector(bottom, W.dtype)
+        # The whole space spanned (m = d) leaves nothing to miss; an unconverged top is
+        # reported by err already.
+        need = top_done and lz.size < d and top.value > 0
+        check.check_bottom = need and want_bottom and out.bottom_converged
+        check.bottom_decided = not check.check_bottom
+        check.below = out.lam_bottom - out.err_bottom * out.lam_bottom
+        check.bottom_budget = lz.size + _policy.RATE_WINDOW
+        return need
+
+    run_with_check(lz, ck, stacked(lambda X: W @ X), first_ended, on_first_end, check.decided)
+    if not (top_done and lz.size < d and top.value > 0):
+        return out
+    r = check.r if check.top_decided else ck.ritz(ck.size - 1)
+    if r.value - top.value > top.bound:  # the first run settled on a lower eigenvalue
+        out.lam_max, out.u_max = r.value, ck.ritz_vector(r, W.dtype)
+        out.err_max = _relative(r.bound, r.value)
+        out.bottom_converged = False  # its threshold moved: shift-and-invert decides
+    if check.check_bottom and check.bottom_refuted:
+        out.bottom_converged = False
+        if check.b is not None:
+            out.u_bottom = ck.ritz_vector(check.b, W.dtype)
+            out.lam_bottom = min(out.lam_bottom, check.b.value)
     return out
-
-
-def _restart_check(W, p: Plain, top: Ritz, steps, num_iters, tol, rtol, want_bottom) -> None:
-    """The CPU kernel's restart check (csrc/cpu/extreme_eigh.cpp, restart_check): a second
-    Lanczos run from an independent pseudo-random start (stream CHECK_STREAM) on the deflated
-    operator P S P, P = I - y y^T, y = p.u_max, accepted by the same rule as the first. When
-    its top Ritz value ends above theta, the first run had settled on a neighbour of lam_max
-    (or had not converged): its pair, the more extreme, replaces the first, with its
-    residual for S as the bound. A
-    bottom value accepted from plain Lanczos stands only if the check's own bottom Ritz value
-    in the numerical range converges at or above it (minus its bound) within ``steps`` +
-    RATE_WINDOW steps; otherwise shift-and-invert takes over from the check's bottom vector."""
-    d = W.shape[0]
-    apply, project = deflated(lambda v: torch.mv(W, v), p.u_max.to(W.dtype))
-    ck = Lanczos(apply, d, num_iters, W.dtype, W.device)
-    ck.start(project(pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM)))
-    check_bottom = want_bottom and p.bottom_converged
-    below = p.lam_bottom - p.err_bottom * p.lam_bottom
-    top_decided, bottom_decided, bottom_refuted = False, not check_bottom, False
-    top_ok, bottom_ok = Acceptance(), Acceptance()
-    r = b = None
-    while ck.step():
-        m = ck.size
-        if m < _policy.FIRST_CHECK and ck.can_step:
-            continue
-        if not top_decided:
-            r = ck.ritz(m - 1)
-            top_decided = ck.invariant or top_ok(r.bound <= tol * abs(r.value), m)
-        if not bottom_decided:
-            ib = ck.count_below(rtol * r.value) if rtol > 0 else 0
-            if ib < m:
-                b = ck.ritz(ib)
-                bottom_refuted = b.value < below
-                bottom_decided = (
-                    bottom_refuted or ck.invariant or bottom_ok(b.bound <= tol * b.value, m)
-                )
-            if not bottom_decided and m >= steps + _policy.RATE_WINDOW:
-                bottom_decided = bottom_refuted = True
-        if top_decided and bottom_decided:
-            break
-    if not top_decided:
-        r = ck.ritz(ck.size - 1)
-    if r.value > top.value:  # the more extreme: the first run settled on a lower eigenvalue
-        u = ck.ritz_vector(r, torch.float64)
-        residual = torch.linalg.vector_norm(torch.mv(W, u.to(W.dtype)).double() - r.value * u)
-        p.lam_max, p.u_max = r.value, u.to(W.dtype)
-        bound = max(residual.item(), _policy.product_floor(ck.max_abs_value(), ck.eps))
-        p.err_max = _relative(bound, r.value)  # the residual for S itself
-        p.bottom_converged = False  # its threshold moved: shift-and-invert decides
-    if check_bottom and bottom_refuted:
-        p.bottom_converged = False
-        if b is not None:
-            p.u_bottom = ck.ritz_vector(b, W.dtype)
-            p.lam_bottom = min(p.lam_bottom, b.value)
 
 
 def _prepare(S, num_iters, tol, op, vectors):

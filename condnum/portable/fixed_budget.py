@@ -19,7 +19,7 @@ advance). What that gives up:
   err still counts) is not a stop: the basis is continued with zero vectors, which add
   Ritz values 0, never above the threshold.
 
-One step is the convergent mode's (condnum.portable.lanczos.orthogonalised_step); with
+One step is the convergent mode's (condnum.portable.lanczos.orthogonalised); with
 the same m steps and no breakdown the Krylov space, T and the Ritz pairs are the same.
 The small eigenproblem of the m x m tridiagonal T is ``torch.linalg.eigh`` on S's device:
 on the CPU that is all; on CUDA, torch checks that call's solver status on the host, the
@@ -37,7 +37,7 @@ import torch
 from condnum import _policy
 from condnum._ops import check_budget, check_square, check_vector_for, fail
 from condnum.portable.eigh import start_vector, with_sign_convention
-from condnum.portable.lanczos import orthogonalised_step, pseudo_random_unit
+from condnum.portable.lanczos import orthogonalised, pseudo_random_unit
 
 
 def _unit_or_zero(v: torch.Tensor | None) -> torch.Tensor | None:
@@ -81,7 +81,8 @@ def _lanczos(W: torch.Tensor, start: torch.Tensor, m: int):
     coefficients = torch.empty(3, m, dtype=W.dtype, device=W.device)
     coupling = torch.zeros(m, dtype=torch.float64, device=W.device)
     for j in range(m):
-        w = orthogonalised_step(lambda v: torch.mv(W, v), V[: j + 1], coefficients)
+        w = torch.mv(W, V[j])
+        orthogonalised(w, V[: j + 1], coefficients)
         h, h2, b = coefficients[:, j].double()
         a = h + h2
         scale = torch.maximum(scale, torch.maximum(a.abs(), b))

@@ -93,12 +93,21 @@ class Lanczos:
         v = v0.to(self.V.dtype)
         self.V[0] = v / torch.linalg.vector_norm(v)
 
+    def operand(self) -> torch.Tensor:
+        """The vector the next step applies A to (for step_pair)."""
+        return self.V[self.size]
+
     def step(self) -> bool:
         """Extends the basis by A v_{m-1}; False once it is full or A-invariant."""
         if not self.can_step:
             return False
+        self.finish_step(self.apply(self.operand()))
+        return True
+
+    def finish_step(self, w: torch.Tensor) -> None:
+        """The rest of a step once ``w`` = A v_{m-1} (a new tensor, updated in place)."""
         j = self.size
-        w = orthogonalised_step(self.apply, self.V[: j + 1], self.coefficients)
+        orthogonalised(w, self.V[: j + 1], self.coefficients)
         if self._host is not self.coefficients:
             self._host.copy_(self.coefficients)
         h, h2, beta = self._host_view[:, j].tolist()
@@ -110,7 +119,6 @@ class Lanczos:
         self.invariant = beta <= threshold or self.size == self.d
         if not self.invariant:
             torch.div(w, beta, out=self.V[j + 1])
-        return True
 
     def _tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
         return self.alpha[: self.size], self.beta[: self.size]
@@ -173,40 +181,76 @@ class Lanczos:
         return (y / torch.linalg.vector_norm(y)).to(dtype)
 
 
-def orthogonalised_step(
-    apply: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor, coefficients: torch.Tensor
-) -> torch.Tensor:
-    """w = A v_j for the basis ``[v_0 .. v_j]`` (rows), orthogonalised against the basis twice
-    by classical Gram-Schmidt. ``apply`` returns a new tensor (updated in place here). The
-    step's numbers go to column j of ``coefficients`` (3, n > j), in the basis' dtype on the
-    device (no host synchronisation): rows 0 and 1 the two passes' coefficients of v_j,
-    whose sum is alpha_j = v_j^T A v_j (the caller adds them in float64), row 2 beta_j =
-    ||w||; rows 0 and 1 of the columns before j are overwritten with the other basis
-    vectors' coefficients."""
+def orthogonalised(w: torch.Tensor, basis: torch.Tensor, coefficients: torch.Tensor) -> None:
+    """Orthogonalises w = A v_j (a new tensor, in place) against the basis ``[v_0 .. v_j]``
+    (rows) twice by classical Gram-Schmidt. The step's numbers go to column j of
+    ``coefficients`` (3, n > j), in the basis' dtype on the device (no host
+    synchronisation): rows 0 and 1 the two passes' coefficients of v_j, whose sum is
+    alpha_j = v_j^T A v_j (the caller adds them in float64), row 2 beta_j = ||w||; rows 0
+    and 1 of the columns before j are overwritten with the other basis vectors'
+    coefficients."""
     j = basis.shape[0] - 1
-    w = apply(basis[j])
     h = torch.mv(basis, w, out=coefficients[0, : j + 1])
     w.addmv_(basis.mT, h, alpha=-1)
     h2 = torch.mv(basis, w, out=coefficients[1, : j + 1])
     w.addmv_(basis.mT, h2, alpha=-1)
     torch.linalg.vector_norm(w, out=coefficients[2, j])
-    return w
 
 
-def deflated(
-    apply: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
-    """``(P A P, P)`` on vectors orthogonal to the unit y, P = I - y y^T: the operator of a
-    restart check, and the projection of its start. ``apply`` returns a new tensor."""
+PairOperator = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-    def operator(v: torch.Tensor) -> torch.Tensor:
-        w = apply(v)
-        return w.addcmul_(y, torch.dot(y, w), value=-1)
 
-    def project(v: torch.Tensor) -> torch.Tensor:
-        return v.addcmul(y, torch.dot(y, v), value=-1)
+def step_pair(a: Lanczos, a_on: bool, b: Lanczos, b_on: bool, apply2: PairOperator) -> bool:
+    """One step of each run that is on and can step: both through one ``apply2(va, vb)``
+    (new tensors ``(A va, A vb)``: one product with a two-column block, one pair of
+    triangular solves with two right-hand sides) when both do, else the one alone. False
+    when neither stepped. The CPU kernel's step_pair."""
+    a_on = a_on and a.can_step
+    b_on = b_on and b.can_step
+    if not (a_on and b_on):
+        return (a_on and a.step()) or (b_on and b.step())
+    wa, wb = apply2(a.operand(), b.operand())
+    a.finish_step(wa)
+    b.finish_step(wb)
+    return True
 
-    return operator, project
+
+def run_with_check(
+    lz: Lanczos,
+    ck: Lanczos,
+    apply2: PairOperator,
+    first_ended: Callable[[], bool],
+    on_first_end: Callable[[], bool],
+    check_decided: Callable[[bool], bool],
+) -> None:
+    """Advances a first run and its restart check in lockstep (step_pair) until the first
+    has ended and the check is decided or not needed: the CPU kernel's run_with_check.
+    ``first_ended()``: after a step of the first, whether it has ended; ``on_first_end()``:
+    called once then, whether the check is needed; ``check_decided(first_done)``: after a
+    step of the check, whether it is decided (while the first runs: whether it may
+    pause)."""
+    first_done = check_done = False
+    while not (first_done and check_done):
+        a, b = not first_done, not check_done
+        if not step_pair(lz, a, ck, b, apply2):
+            break
+        if a and first_ended():
+            first_done = True
+            check_done = not on_first_end() or (check_done and check_decided(True))
+        if b and not check_done:
+            check_done = check_decided(first_done)
+    assert first_done, "first_ended() is true once the first run cannot step"
+
+
+def stacked(solve: Callable[[torch.Tensor], torch.Tensor]) -> PairOperator:
+    """The pair operator of ``solve`` ((d, k) -> (d, k) columns): both vectors as the
+    columns of one right-hand side, the results as contiguous rows."""
+
+    def apply2(va: torch.Tensor, vb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = solve(torch.stack((va, vb), dim=1)).T.contiguous()
+        return w[0], w[1]
+
+    return apply2
 
 
 @lru_cache(maxsize=16)

@@ -26,9 +26,10 @@ from condnum.portable.lanczos import (
     Acceptance,
     Lanczos,
     Ritz,
-    deflated,
     pseudo_random_unit,
     rounding_floor,
+    run_with_check,
+    stacked,
 )
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -46,36 +47,50 @@ class Bottom:
     floor_limited: bool = False  # rounding (rounding_floor) alone exceeds tol
 
 
-def deflated_check(
-    apply, lz: Lanczos, r: Ritz, wanted, accepted, num_iters
-) -> tuple[Ritz, torch.Tensor] | None:
-    """The restart check of a shift-and-invert run (condnum.portable.eigh._restart_check
-    explains it): a second run on P A P, P = I - y y^T, y the accepted Ritz vector of ``lz``,
-    from an independent pseudo-random start. Returns its pair at ``wanted(check)`` when that
-    ends above theta (the more extreme: the first run had settled on a neighbour), with its unit
-    vector u and, as its bound, the residual ||A u - theta u|| (one more application of A);
-    None when the check agrees. ``accepted(check, pair)``: the first run's rule."""
-    y = lz.ritz_vector(r, torch.float64)
-    operator, project = deflated(apply, y)
-    ck = Lanczos(operator, lz.d, num_iters, torch.float64, y.device)
-    ck.start(project(pseudo_random_unit(lz.d, torch.float64, y.device, _policy.CHECK_STREAM)))
-    ok = Acceptance()
-    c = None
-    while ck.step():
+class InvertCheck:
+    """The restart check of a shift-and-invert run (condnum.portable.eigh._Check explains
+    it; the CPU kernel's InvertCheck): a second run from an independent pseudo-random start
+    alongside the first, accepted by the first run's rule. ``wanted(check)``: the index of
+    its wanted Ritz value (< 0: none yet); ``accepted(check, pair)``: whether that pair
+    meets tol."""
+
+    def __init__(self, ck: Lanczos, wanted, accepted) -> None:
+        self.ck, self.wanted, self.accepted = ck, wanted, accepted
+        self.ok = Acceptance()
+        self.c: Ritz | None = None
+        self.decided = False
+
+    def __call__(self, first_done: bool) -> bool:
+        if self.decided:
+            return True
+        ck = self.ck
         m = ck.size
         if m < _policy.FIRST_CHECK and ck.can_step:
-            continue
-        i = wanted(ck)
+            return False
+        i = self.wanted(ck)
         if i < 0:
-            continue
-        c = ck.ritz(i)
-        if ck.invariant or ok(accepted(ck, c), m):
-            break
-    if c is None or c.value <= r.value:
-        return None
-    u = ck.ritz_vector(c, torch.float64)
-    c.bound = torch.linalg.vector_norm(apply(u) - c.value * u).item()  # for A itself
-    return c, u
+            return False
+        self.c = ck.ritz(i)
+        self.decided = ck.invariant or self.ok(self.accepted(ck, self.c), m)
+        return self.decided
+
+    def refutes(self, r: Ritz, lz: Lanczos) -> bool:
+        """Whether the check's pair is above r, the first run's accepted pair, by more than
+        both bounds (the wanted value may be interior, so neither is a one-sided bound):
+        the first had settled on a neighbour, and the check's pair is the more extreme."""
+        c = self.c
+        return c is not None and c.value - r.value > max(r.bound, rounding_floor(lz)) + max(
+            c.bound, rounding_floor(self.ck)
+        )
+
+
+def _runs(apply, d: int, num_iters: int, start: torch.Tensor) -> tuple[Lanczos, Lanczos]:
+    """The first run (from ``start``) and its check (an independent pseudo-random start)."""
+    lz = Lanczos(apply, d, num_iters, torch.float64, start.device)
+    ck = Lanczos(apply, d, num_iters, torch.float64, start.device)
+    lz.start(start)
+    ck.start(pseudo_random_unit(d, torch.float64, start.device, _policy.CHECK_STREAM))
+    return lz, ck
 
 
 def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
@@ -111,12 +126,11 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     mu_threshold = 1.0 / (threshold + tau)
     detect_crowding = tau <= 8 * threshold
 
-    def apply(v: torch.Tensor) -> torch.Tensor:  # torch.cholesky_solve copies L per call
-        y = torch.linalg.solve_triangular(L, v[:, None], upper=False)
-        return torch.linalg.solve_triangular(L.mT, y, upper=True)[:, 0]
+    def solve(X: torch.Tensor) -> torch.Tensor:  # torch.cholesky_solve copies L per call
+        Y = torch.linalg.solve_triangular(L, X, upper=False)
+        return torch.linalg.solve_triangular(L.mT, Y, upper=True)
 
-    lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
-    lz.start(start)
+    lz, ck = _runs(lambda v: solve(v[:, None])[:, 0], d, num_iters, start)
 
     def wanted(z: Lanczos = lz) -> int:
         return z.count_below(mu_threshold) - 1
@@ -128,22 +142,24 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     converged = crowded = False
     ok = Acceptance()
     last_above = -1  # Ritz values above the wanted one at the previous step
-    while lz.step():
+
+    def first_ended() -> bool:
+        nonlocal converged, crowded, last_above
         m = lz.size
         if m < _policy.FIRST_CHECK and lz.can_step:
-            continue
+            return False
         i = wanted()
         if i < 0:
-            continue
+            return not lz.can_step
         r = lz.ritz(i)
         same = m - 1 - i == last_above
         last_above = m - 1 - i
         # An invariant space ends the run, converged only if rounding allows.
         if (lz.invariant and error(r) <= tol) or ok(error(r) <= tol and same, m):
             converged = True
-            break
+            return True
         if lz.invariant:
-            break
+            return True
         # Ritz values above mu_threshold are eigenvalues below the threshold; when several
         # map close below it, the wanted one is deep inside the Krylov spectrum: give up
         # early for the LDL^T route (not for a wide shift, which maps a null space there).
@@ -154,16 +170,20 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
             and lz.value(i + 1) < 4 * mu_threshold / 3
         ):
             crowded = True
-            break
+            return True
+        return not lz.can_step
+
+    check = InvertCheck(ck, wanted, lambda z, c: error(c, z) <= tol)
+    run_with_check(lz, ck, stacked(solve), first_ended, lambda: converged and lz.size < d, check)
     out = Bottom(crowded=crowded, steps=lz.size)
     i = wanted()
     if i < 0:
         return out
     r = lz.ritz(i)
-    if converged and lz.size < d:
-        c = deflated_check(apply, lz, r, wanted, lambda z, c: error(c, z) <= tol, num_iters)
-        if c is not None:
-            return _from_pair(out, *c, 1.0 / c[0].value - tau, error(c[0]), tol)
+    if converged and lz.size < d and check.refutes(r, lz):
+        c = check.c
+        u = ck.ritz_vector(c, torch.float64)
+        return _from_pair(out, u, 1.0 / c.value - tau, error(c, ck), tol)
     out.interior = i < lz.size - 1
     out.lam = 1.0 / r.value - tau
     out.u = lz.ritz_vector(r, torch.float64)
@@ -183,11 +203,10 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     if info.item() != 0:  # an eigenvalue equals sigma: keep Cholesky's answer
         return out
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.ldl_solve(LD, pivots, v[:, None], hermitian=True)[:, 0]
+    def solve(X: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.ldl_solve(LD, pivots, X, hermitian=True)
 
-    lz = Lanczos(apply, d, num_iters, torch.float64, W.device)
-    lz.start(start)
+    lz, ck = _runs(lambda v: solve(v[:, None])[:, 0], d, num_iters, start)
 
     def error(r: Ritz, z: Lanczos = lz) -> float:
         bound = max(r.bound, rounding_floor(z))
@@ -195,29 +214,28 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
 
     converged = False
     ok = Acceptance()
-    while lz.step():
+
+    def first_ended() -> bool:
+        nonlocal converged
         m = lz.size
         if m < _policy.FIRST_CHECK and lz.can_step:
-            continue
+            return False
         r = lz.ritz(m - 1)
         if r.value > 0 and error(r) <= tol and (lz.invariant or ok(True, m)):
             converged = True
-            break
+            return True
+        return not lz.can_step
+
+    check = InvertCheck(ck, lambda z: z.size - 1, lambda z, c: c.value > 0 and error(c, z) <= tol)
+    run_with_check(lz, ck, stacked(solve), first_ended, lambda: converged and lz.size < d, check)
     r = lz.ritz(lz.size - 1)
     out.steps = lz.size
     if r.value <= 0:
         return out
-    if converged and lz.size < d:
-        c = deflated_check(
-            apply,
-            lz,
-            r,
-            lambda z: z.size - 1,
-            lambda z, c: c.value > 0 and error(c, z) <= tol,
-            num_iters,
-        )
-        if c is not None:
-            return _from_pair(out, *c, sigma + 1.0 / c[0].value, error(c[0]), tol)
+    if converged and lz.size < d and check.refutes(r, lz):
+        c = check.c
+        u = ck.ritz_vector(c, torch.float64)
+        return _from_pair(out, u, sigma + 1.0 / c.value, error(c, ck), tol)
     out.lam = sigma + 1.0 / r.value
     out.u = lz.ritz_vector(r, torch.float64)
     out.err = error(r)
@@ -225,7 +243,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     return out
 
 
-def _from_pair(out: Bottom, c: Ritz, u: torch.Tensor, lam: float, err: float, tol: float) -> Bottom:
+def _from_pair(out: Bottom, u: torch.Tensor, lam: float, err: float, tol: float) -> Bottom:
     """``out`` with the restart check's pair: lam, its unit vector u and error bound."""
     out.lam = lam
     out.u = u

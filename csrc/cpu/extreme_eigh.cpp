@@ -22,9 +22,10 @@
 //    positive part, well separated, and eigenvalues crowding just below the threshold
 //    cannot hide it (the Cholesky route also falls back to it when it finds them).
 // Restart check: before either end is accepted, a second run from an independent
-// pseudo-random start on the operator deflated by the accepted vector must not find a more
-// extreme Ritz value (restart_check, deflated_check): single-vector Lanczos from a start
-// nearly orthogonal to the extreme eigenvector settles on a neighbour otherwise.
+// pseudo-random start, in lockstep with the first (one pass over S or the factor for both),
+// must not find a Ritz value more extreme by more than the accepted one's bound (Check,
+// InvertCheck): single-vector Lanczos from a start nearly orthogonal to the extreme
+// eigenvector settles on a neighbour otherwise.
 // Convergence: a Ritz value is accepted when its residual r = ||S y - theta y|| (some
 // eigenvalue lies within r of theta) is below tol * |lam| at two consecutive steps; it is
 // checked after every step in O(m) (tridiagonal bisection and inverse iteration), so no
@@ -113,57 +114,62 @@ struct Plain {
 // Single-vector Lanczos can accept a neighbour of an extreme eigenvalue: when the start
 // vector is nearly orthogonal to the extreme eigenvector, the Krylov space resolves the
 // next eigenvalue first, and its residual bound (honest for that eigenvalue) meets tol.
-// Before acceptance, a second run from an independent pseudo-random start (stream
-// kCheckStream, so results stay deterministic) works on the deflated operator
-// P S P, P = I - y y^T, y the accepted top Ritz vector. If theta was lam_max, the top of
-// P S P is the next eigenvalue, below theta; if theta was a neighbour, the missed lam_max
-// is the top of P S P, separated from the rest by more than before, and the check's top
-// Ritz value (a lower bound on it) rises above theta within a few steps: its pair, the
-// more extreme, replaces the first, with its residual for S itself as the bound. The check
-// is accepted by the same rule as the first run (bound <= tol |theta| at two consecutive
-// steps): a looser one settles before a tight cluster is resolved (measured). A bottom
-// value accepted from plain Lanczos is checked in the same run: it stands only if the
-// check's own bottom Ritz value in the numerical range converges at or above it (minus its
-// bound) within the first run's step count plus kRateWindow; otherwise shift-and-invert,
-// started from the check's bottom Ritz vector, takes over. Cost: one more Krylov run; a
-// warm start does not shorten it (its start must be independent of the first).
-template <typename scalar_t>
-void restart_check(const at::Tensor& W, Matvec product, Plain& p, const Ritz& top_pair,
-                   int64_t num_iters, double tol, double rtol, bool want_bottom) {
-  const int64_t d = W.size(0);
-  const auto y64 = p.u_max.to(at::kDouble).contiguous();
-  const double* y = y64.const_data_ptr<double>();
-  // w = P S P v; v stays orthogonal to y, so only the output is projected.
-  auto project = [y, d](scalar_t* w) {
-    double c = 0;
-    for (int64_t i = 0; i < d; ++i) c += y[i] * w[i];
-    for (int64_t i = 0; i < d; ++i) w[i] = static_cast<scalar_t>(w[i] - c * y[i]);
-  };
-  Lanczos<scalar_t> ck(
-      d, num_iters,
-      [&W, &project, product](const at::Tensor& v, at::Tensor& w) {
-        matvec_out(w, W, v, product);
-        project(w.mutable_data_ptr<scalar_t>());
-      },
-      W.options(), "condnum::lanczos_step");
-  auto start = pseudo_random_unit(d, W.options(), kCheckStream).contiguous();
-  project(start.mutable_data_ptr<scalar_t>());
-  ck.start(start);
-  const bool check_bottom = want_bottom && p.bottom_converged;
-  const double below = p.lam_bottom - p.err_bottom * p.lam_bottom;
-  const int64_t bottom_budget = p.steps + kRateWindow;
-  bool top_decided = false, bottom_decided = !check_bottom, bottom_refuted = false;
+// So a second run from an independent pseudo-random start (stream kCheckStream, so results
+// stay deterministic) goes alongside the first, in lockstep, each step's two products one
+// pass over S (step_pair: about the cost of one product). Ritz values lie below lam_max,
+// so if the first settled on a neighbour, the check's top Ritz value rises above theta by
+// more than theta's bound: its pair, the more extreme, replaces the first (within that
+// bound the first stands, so that rounding noise between two runs that found the same
+// eigenvalue does not swap their vectors). The check is accepted by
+// the same rule as the first run (bound <= tol |theta| at two consecutive steps): a looser
+// one settles before a tight cluster is resolved (measured). A bottom value accepted from
+// plain Lanczos is checked by the same run: it stands only if the check's own bottom Ritz
+// value in the numerical range converges at or above it (minus its bound) within the first
+// run's step count plus kRateWindow; otherwise shift-and-invert, started from the check's
+// bottom Ritz vector, takes over. Cost: the second run's orthogonalisation, and its steps
+// past the first run's (a warm start shortens only the first).
+// Advances a first run and its restart check in lockstep (step_pair) until the first has
+// ended and the check is decided or not needed. first_ended(): after a step of the first,
+// whether it has ended; on_first_end(): called once then, whether the check is needed;
+// check_decided(first_done): after a step of the check, whether it is decided (while the
+// first runs: whether it may pause).
+template <typename scalar_t, typename Ended, typename OnEnd, typename Decided>
+void run_with_check(Lanczos<scalar_t>& lz, Lanczos<scalar_t>& ck,
+                    const typename Lanczos<scalar_t>::PairOperator& apply2, const char* pair_name,
+                    Ended first_ended, OnEnd on_first_end, Decided check_decided) {
+  bool first_done = false, check_done = false;
+  while (!(first_done && check_done)) {
+    const bool a = !first_done, b = !check_done;
+    if (!step_pair(lz, a, ck, b, apply2, pair_name)) break;
+    if (a && first_ended()) {
+      first_done = true;
+      check_done = !on_first_end() || (check_done && check_decided(true));
+    }
+    if (b && !check_done) check_done = check_decided(first_done);
+  }
+  TORCH_INTERNAL_ASSERT(first_done);  // first_ended() is true once lz cannot step
+}
+
+struct Check {
+  bool top_decided = false, bottom_decided = false, bottom_refuted = false;
+  bool check_bottom = false;  // a bottom accepted by the first run is to be checked
+  double below = 0;           // the check's bottom refutes it below this
+  int64_t bottom_budget = 0;
   Acceptance top_ok, bottom_ok;
-  Ritz r, b;
-  r.s.reserve(ck.max_steps());
-  b.s.reserve(ck.max_steps());
-  while (ck.step()) {
+  Ritz r, b;  // the check's top pair, its bottom pair in the numerical range
+
+  // After a step of ck: whether the check is decided. `first_done`: the first run has
+  // ended and set check_bottom, below and bottom_budget.
+  template <typename scalar_t>
+  bool decided(Lanczos<scalar_t>& ck, bool first_done, bool want_bottom, double tol,
+               double rtol) {
     const int64_t m = ck.size();
-    if (m < kFirstCheck && ck.can_step()) continue;
+    if (m < kFirstCheck && ck.can_step()) return false;
     if (!top_decided) {
       ck.ritz(m - 1, r);
       top_decided = ck.invariant() || top_ok(r.bound <= tol * std::abs(r.value), m);
     }
+    if (!first_done) return top_decided && !want_bottom;
     if (!bottom_decided) {
       const int64_t ib = rtol > 0 ? ck.count_below(rtol * r.value) : 0;
       if (ib < m) {
@@ -173,37 +179,27 @@ void restart_check(const at::Tensor& W, Matvec product, Plain& p, const Ritz& to
       }
       if (!bottom_decided && m >= bottom_budget) bottom_decided = bottom_refuted = true;
     }
-    if (top_decided && bottom_decided) break;
+    return top_decided && bottom_decided;
   }
-  if (!top_decided) ck.ritz(ck.size() - 1, r);
-  if (r.value > top_pair.value) {  // the more extreme: the first settled on a lower eigenvalue
-    const auto u = ck.ritz_vector(r, at::kDouble);
-    const at::Tensor residual = at::mv(W, u.to(W.scalar_type())).to(at::kDouble) - r.value * u;
-    p.lam_max = r.value;
-    p.u_max = u.to(W.scalar_type());
-    const double floor = policy::product_floor(ck.max_abs_value(), eps_of(W.scalar_type()));
-    p.err_max = relative(std::max(residual.norm().item<double>(), floor), r.value);  // for S
-    p.bottom_converged = false;  // its threshold moved: shift-and-invert decides
-  }
-  if (check_bottom && bottom_refuted) {
-    p.bottom_converged = false;
-    if (b.m > 0) {
-      p.u_bottom = ck.ritz_vector(b, W.scalar_type());
-      p.lam_bottom = std::min(p.lam_bottom, b.value);
-    }
-  }
-}
+};
 
 template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
                     double rtol, bool want_bottom, const char* op) {
   const int64_t d = W.size(0);
   const Matvec product = matvec_choice();
-  Lanczos<scalar_t> lz(
-      d, num_iters,
-      [&W, product](const at::Tensor& v, at::Tensor& w) { matvec_out(w, W, v, product); },
-      W.options(), "condnum::lanczos_step");
+  const typename Lanczos<scalar_t>::Operator apply = [&W, product](const at::Tensor& v,
+                                                                    at::Tensor& w) {
+    matvec_out(w, W, v, product);
+  };
+  const typename Lanczos<scalar_t>::PairOperator apply2 =
+      [&W, product](const at::Tensor& va, const at::Tensor& vb, at::Tensor& wa, at::Tensor& wb) {
+        matvec2_out(wa, wb, W, va, vb, product);
+      };
+  Lanczos<scalar_t> lz(d, num_iters, apply, W.options(), "condnum::lanczos_step");
+  Lanczos<scalar_t> ck(d, num_iters, apply, W.options(), "condnum::lanczos_step");
   lz.start(start);
+  ck.start(pseudo_random_unit(d, W.options(), kCheckStream));
   const double eps = eps_of(W.scalar_type());
   const double si_cost = shift_invert_cost(d, W.scalar_type());
 
@@ -214,16 +210,17 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   bottom.s.reserve(lz.max_steps());
   int64_t top_step = 0, bottom_index = 0;
   std::vector<double> log_rel(lz.max_steps() + 1, 0.0);  // log(bound / theta_0) by step
-  while (lz.step()) {
+  // After a step of the first run: whether it has ended.
+  auto first_ended = [&]() -> bool {
     const int64_t m = lz.size();
     const bool last = !lz.can_step();
-    if (m < kFirstCheck && !last) continue;
+    if (m < kFirstCheck && !last) return false;
     if (!top_done) {
       lz.ritz(m - 1, top);
       top_done = lz.invariant() || top_ok(top.bound <= tol * std::abs(top.value), m);
-      if (!top_done) continue;
+      if (!top_done) return last;
       top_step = m;
-      if (!want_bottom) break;
+      if (!want_bottom) return true;
     }
     // The bottom end, from the same Krylov space: the smallest Ritz value above the
     // threshold (those below it approximate the null space of a rank-deficient S). Plain
@@ -232,18 +229,18 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
     // shift-and-invert takes over.
     const double lam_top = top.value;
     const int64_t ib = rtol > 0 ? lz.count_below(rtol * lam_top) : 0;
-    if (ib >= m) break;
+    if (ib >= m) return true;
     lz.ritz(ib, bottom);
     const bool same_target = ib == bottom_index;
     bottom_index = ib;
     if (bottom.value <= rtol * lam_top ||
         policy::too_ill_conditioned_for_plain(lam_top, bottom.value, eps, tol))
-      break;
+      return true;
     if (lz.invariant() || bottom_ok(bottom.bound <= tol * bottom.value && same_target, m)) {
       bottom_converged = true;
-      break;
+      return true;
     }
-    if (last) break;
+    if (last) return true;
     // It also gives up, ski-rental style, once the steps spent on the bottom alone reach a
     // fraction of the shift-and-invert cost, or earlier when the rate at which its error
     // bound fell over the last kRateWindow steps predicts that it will not converge in time
@@ -251,40 +248,74 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
     const int64_t extra = m - top_step;
     log_rel[m] = policy::log_relative_bound(bottom.bound, bottom.value);
     const int64_t back = extra >= kRateWindow ? kRateWindow : 0;
-    if (policy::ski_rental_gives_up(extra, si_cost, log_rel[m], log_rel[m - back], back, tol, m,
-                                    lz.max_steps()))
-      break;
-  }
-  // The final top pair is at least as close to lam_max (interlacing) but may have a larger
-  // residual than the one accepted earlier (a new Ritz value from a cluster): keep the
-  // pair with the smaller bound, unless the top Ritz value has since risen past the accepted
-  // one's bound: then that one had settled on a lower eigenvalue (a start vector nearly
-  // orthogonal to the top eigenvector) and the final pair replaces it.
-  if (Ritz last = lz.ritz(lz.size() - 1);
-      !top_done || last.bound <= top.bound || last.value - top.value > top.bound)
-    top = last;
+    return policy::ski_rental_gives_up(extra, si_cost, log_rel[m], log_rel[m - back], back, tol,
+                                       m, lz.max_steps());
+  };
+
   Plain out;
-  out.steps = lz.size();
-  out.lam_max = top.value;
-  out.u_max = lz.ritz_vector(top, W.scalar_type());
-  out.err_max = relative(top.bound, top.value);
-  // Ritz values bound the spectrum from inside, so a clearly negative one proves S indefinite.
-  const double lowest = lz.value(0);
-  TORCH_CHECK_VALUE(!policy::proves_indefinite(lowest, top.value, eps), "condnum.", op,
-                    ": S must be positive semi-definite, but it has an eigenvalue ", lowest,
-                    " < 0 (lam_max = ", top.value, ")");
-  if (want_bottom) {
-    bottom = lz.ritz(std::min(bottom_index, lz.size() - 1));
-    out.lowest = lowest;
-    out.lam_bottom = bottom.value;
-    out.err_bottom = relative(bottom.bound, bottom.value);
-    out.bottom_converged = bottom_converged;
-    out.u_bottom = lz.ritz_vector(bottom, W.scalar_type());
+  Check check;
+  check.r.s.reserve(ck.max_steps());
+  check.b.s.reserve(ck.max_steps());
+  bool need_check = false;
+  // The first run's result once it has ended; whether the check is needed.
+  auto on_first_end = [&]() -> bool {
+    // The final top pair is at least as close to lam_max (interlacing) but may have a larger
+    // residual than the one accepted earlier (a new Ritz value from a cluster): keep the
+    // pair with the smaller bound, unless the top Ritz value has since risen past the
+    // accepted one's bound: then that one had settled on a lower eigenvalue (a start
+    // vector nearly orthogonal to the top eigenvector) and the final pair replaces it.
+    if (Ritz last = lz.ritz(lz.size() - 1);
+        !top_done || last.bound <= top.bound || last.value - top.value > top.bound)
+      top = last;
+    out.steps = lz.size();
+    out.lam_max = top.value;
+    out.u_max = lz.ritz_vector(top, W.scalar_type());
+    out.err_max = relative(top.bound, top.value);
+    // Ritz values bound the spectrum from inside, so a clearly negative one proves S
+    // indefinite.
+    const double lowest = lz.value(0);
+    TORCH_CHECK_VALUE(!policy::proves_indefinite(lowest, top.value, eps), "condnum.", op,
+                      ": S must be positive semi-definite, but it has an eigenvalue ", lowest,
+                      " < 0 (lam_max = ", top.value, ")");
+    if (want_bottom) {
+      bottom = lz.ritz(std::min(bottom_index, lz.size() - 1));
+      out.lowest = lowest;
+      out.lam_bottom = bottom.value;
+      out.err_bottom = relative(bottom.bound, bottom.value);
+      out.bottom_converged = bottom_converged;
+      out.u_bottom = lz.ritz_vector(bottom, W.scalar_type());
+    }
+    // The whole space spanned (m = d) leaves nothing to miss; an unconverged top is reported
+    // by err already.
+    need_check = top_done && lz.size() < d && top.value > 0;
+    check.check_bottom = need_check && want_bottom && out.bottom_converged;
+    check.bottom_decided = !check.check_bottom;
+    check.below = out.lam_bottom - out.err_bottom * out.lam_bottom;
+    check.bottom_budget = out.steps + kRateWindow;
+    return need_check;
+  };
+  run_with_check(lz, ck, apply2, "condnum::lanczos_pair_step", first_ended, on_first_end,
+                 [&](bool first_done) {
+                   return check.decided(ck, first_done, want_bottom, tol, rtol);
+                 });
+  if (!need_check) return out;
+
+  // The check's verdict.
+  Ritz& r = check.r;
+  if (!check.top_decided) ck.ritz(ck.size() - 1, r);
+  if (r.value - top.value > top.bound) {
+    out.lam_max = r.value;
+    out.u_max = ck.ritz_vector(r, W.scalar_type());
+    out.err_max = relative(r.bound, r.value);
+    out.bottom_converged = false;  // its threshold moved: shift-and-invert decides
   }
-  // The whole space spanned (m = d) leaves nothing to miss; an unconverged top is reported
-  // by err already.
-  if (top_done && lz.size() < d && top.value > 0)
-    restart_check<scalar_t>(W, product, out, top, num_iters, tol, rtol, want_bottom);
+  if (check.check_bottom && check.bottom_refuted) {
+    out.bottom_converged = false;
+    if (check.b.m > 0) {
+      out.u_bottom = ck.ritz_vector(check.b, W.scalar_type());
+      out.lam_bottom = std::min(out.lam_bottom, check.b.value);
+    }
+  }
   return out;
 }
 
@@ -323,51 +354,70 @@ at::Tensor shifted64(const at::Tensor& W, double shift) {
   return A;
 }
 
-// The restart check of a shift-and-invert run (restart_check explains it): a second run on
-// P A P, P = I - y y^T, y the accepted Ritz vector, from an independent pseudo-random start,
-// accepted by the first run's rule. When its pair at wanted(check) ends above theta (the
-// more extreme: the first run had settled on a neighbour), returns true with that pair in
-// c, its unit vector in u and, as c.bound, its residual ||A u - theta u|| (one more solve).
+// The restart check of a shift-and-invert run (the restart check above explains it): a
+// second run from an independent pseudo-random start alongside the first
+// (run_with_check), accepted by the first run's rule. wanted(ck): the index of its wanted
+// Ritz value (< 0: none yet); accepted(ck, c): whether that pair meets tol.
 template <typename Wanted, typename Accepted>
-bool deflated_check(const Lanczos<double>::Operator& apply, const Lanczos<double>& lz,
-                    const Ritz& r, int64_t num_iters, Wanted wanted, Accepted accepted, Ritz& c,
-                    at::Tensor& u) {
-  const auto y64 = lz.ritz_vector(r, at::kDouble);
-  const double* y = y64.const_data_ptr<double>();
-  const int64_t d = y64.size(0);
-  auto project = [y, d](double* w) {
-    double a = 0;
-    for (int64_t i = 0; i < d; ++i) a += y[i] * w[i];
-    for (int64_t i = 0; i < d; ++i) w[i] -= a * y[i];
-  };
-  Lanczos<double> ck(
-      d, num_iters,
-      [&apply, &project](const at::Tensor& v, at::Tensor& w) {
-        apply(v, w);
-        project(w.mutable_data_ptr<double>());
-      },
-      y64.options(), "condnum::shift_invert_step");
-  auto start = pseudo_random_unit(d, y64.options(), kCheckStream).contiguous();
-  project(start.mutable_data_ptr<double>());
-  ck.start(start);
+struct InvertCheck {
+  Wanted wanted;
+  Accepted accepted;
   Acceptance ok;
-  bool found = false;
-  c.s.reserve(ck.max_steps());
-  while (ck.step()) {
+  Ritz c;
+  bool found = false, decided = false;
+
+  bool operator()(Lanczos<double>& ck) {
+    if (decided) return true;
     const int64_t m = ck.size();
-    if (m < kFirstCheck && ck.can_step()) continue;
+    if (m < kFirstCheck && ck.can_step()) return false;
     const int64_t i = wanted(ck);
-    if (i < 0) continue;
+    if (i < 0) return false;
     ck.ritz(i, c);
     found = true;
-    if (ck.invariant() || ok(accepted(ck, c), m)) break;
+    decided = ck.invariant() || ok(accepted(ck, c), m);
+    return decided;
   }
-  if (!found || c.value <= r.value) return false;
-  u = ck.ritz_vector(c, at::kDouble);
-  auto au = at::empty_like(u);
-  apply(u, au);
-  c.bound = (au - c.value * u).norm().item<double>();
-  return true;
+};
+
+template <typename Wanted, typename Accepted>
+InvertCheck<Wanted, Accepted> invert_check(Wanted wanted, Accepted accepted) {
+  return {wanted, accepted};
+}
+
+// The first run and its check on one operator, x <- A x, with its pair operator.
+struct Invert {
+  Lanczos<double>::Operator apply;
+  Lanczos<double>::PairOperator apply2;
+};
+
+// A from `solve`, which overwrites the rows of a contiguous (nrhs, d) float64 x with their
+// solutions; the pair stacks its two vectors as the rows of one such x (one pass over the
+// factor for both).
+template <typename Solve>
+Invert invert_with(Solve solve, int64_t d) {
+  auto both = at::empty({2, d}, at::TensorOptions().dtype(at::kDouble));
+  return {[solve](const at::Tensor& v, at::Tensor& w) {
+            w.copy_(v);
+            solve(w.unsqueeze(0));
+          },
+          [solve, both](const at::Tensor& va, const at::Tensor& vb, at::Tensor& wa,
+                        at::Tensor& wb) {
+            both[0].copy_(va);
+            both[1].copy_(vb);
+            solve(both);
+            wa.copy_(both[0]);
+            wb.copy_(both[1]);
+          }};
+}
+
+// The check's verdict on the first run's accepted pair r: whether its pair c is above r by
+// more than both bounds (the wanted value may be interior, so neither is a one-sided
+// bound), i.e. the first had settled on a neighbour and c is the more extreme.
+template <typename Wanted, typename Accepted>
+bool check_refutes(const InvertCheck<Wanted, Accepted>& check, const Ritz& r,
+                   const Lanczos<double>& lz, const Lanczos<double>& ck) {
+  return check.found && check.c.value - r.value > std::max(r.bound, rounding_floor(lz)) +
+                                                       std::max(check.c.bound, rounding_floor(ck));
 }
 
 // out with the restart check's pair: lam, its unit vector and error bound.
@@ -410,23 +460,27 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   const double threshold = rtol * lam_max;
   const double mu_threshold = 1.0 / (threshold + tau);
   const bool detect_crowding = tau <= 8 * threshold;
-  const Lanczos<double>::Operator apply = [&U, d](const at::Tensor& v, at::Tensor& w) {
-    w.copy_(v);
+  const Invert inv = invert_with(
+      [&U, d](const at::Tensor& x) {
 #if AT_BUILD_WITH_LAPACK()
-    // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y.
-    double* a = U.mutable_data_ptr<double>();
-    double* x = w.mutable_data_ptr<double>();
-    const int n = static_cast<int>(d);
-    at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, 1, a, n, x, n);
-    at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, 1, a, n, x, n);
+        // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y; the
+        // rows of x are the columns of a column-major (d, nrhs) right-hand side.
+        double* a = U.mutable_data_ptr<double>();
+        const int n = static_cast<int>(d), nrhs = static_cast<int>(x.size(0));
+        at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, nrhs, a, n,
+                                                x.mutable_data_ptr<double>(), n);
+        at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, nrhs, a, n,
+                                                x.mutable_data_ptr<double>(), n);
 #else
-    auto col = w.unsqueeze(1);
-    at::linalg_solve_triangular_out(col, U.mT(), col, /*upper=*/false);
-    at::linalg_solve_triangular_out(col, U, col, /*upper=*/true);
+        const auto y = at::linalg_solve_triangular(U.mT(), x.t(), /*upper=*/false);
+        x.copy_(at::linalg_solve_triangular(U, y, /*upper=*/true).t());
 #endif
-  };
-  Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
+      },
+      d);
+  Lanczos<double> lz(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
+  Lanczos<double> ck(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
+  ck.start(pseudo_random_unit(d, start.options(), kCheckStream));
   auto wanted_in = [&](const Lanczos<double>& z) -> int64_t {
     return z.count_below(mu_threshold) - 1;
   };
@@ -443,20 +497,20 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   bool converged = false, crowded = false;
   Acceptance ok;
   int64_t last_above = -1;  // Ritz values above the wanted one at the previous step
-  while (lz.step()) {
+  auto first_ended = [&]() -> bool {
     const int64_t m = lz.size();
-    if (m < kFirstCheck && lz.can_step()) continue;
+    if (m < kFirstCheck && lz.can_step()) return false;
     const int64_t i = wanted();
-    if (i < 0) continue;
+    if (i < 0) return !lz.can_step();
     lz.ritz(i, r);
     const bool same = m - 1 - i == last_above;
     last_above = m - 1 - i;
     // An invariant space ends the run, converged only if rounding allows (rounding_floor).
     if ((lz.invariant() && accurate(r)) || ok(accurate(r) && same, m)) {
       converged = true;
-      break;
+      return true;
     }
-    if (lz.invariant()) break;
+    if (lz.invariant()) return true;
     // Ritz values above mu_threshold are eigenvalues below the threshold; when several
     // map close below it, the wanted one is deep inside the Krylov spectrum: give up
     // early for the LDL^T route. (Not for a wide shift, tau >> threshold, which maps a
@@ -464,23 +518,24 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
     if (detect_crowding && m >= 16 && m - 1 - i >= 4 &&
         lz.value(i + 1) < 4.0 * mu_threshold / 3.0) {
       crowded = true;
-      break;
+      return true;
     }
-  }
+    return !lz.can_step();
+  };
+  auto check = invert_check(
+      wanted_in, [&](const Lanczos<double>& z, const Ritz& p) { return error_in(z, p) <= tol; });
+  check.c.s.reserve(ck.max_steps());
+  run_with_check(
+      lz, ck, inv.apply2, "condnum::shift_invert_pair_step", first_ended,
+      [&]() { return converged && lz.size() < d; }, [&](bool) { return check(ck); });
   const int64_t i = wanted();
   Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, crowded, lz.size()};
   if (i < 0) return out;
   r = lz.ritz(i);
-  if (converged && lz.size() < d) {
-    Ritz c;
-    at::Tensor cu;
-    if (deflated_check(
-            apply, lz, r, num_iters, wanted_in,
-            [&](const Lanczos<double>& z, const Ritz& p) { return error_in(z, p) <= tol; }, c,
-            cu)) {
-      take_pair(out, cu, 1.0 / c.value - tau, error(c), tol);
-      return out;
-    }
+  if (converged && lz.size() < d && check_refutes(check, r, lz, ck)) {
+    take_pair(out, ck.ritz_vector(check.c, at::kDouble), 1.0 / check.c.value - tau,
+              error_in(ck, check.c), tol);
+    return out;
   }
   out.interior = i < lz.size() - 1;
   out.lam = 1.0 / r.value - tau;
@@ -498,7 +553,6 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   const int64_t d = W.size(0);
   const double sigma = rtol * lam_max;
   Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, false, 0};
-  Lanczos<double>::Operator apply;
 #if AT_BUILD_WITH_LAPACK()
   // Bunch-Kaufman in place (row-major A is the column-major A^T = A), no copies or tril pass.
   auto A = shifted64(W, -sigma);
@@ -512,22 +566,27 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   at::native::lapackLdlSymmetric<double>('L', n, a, n, ipiv.data(), work.data(),
                                          static_cast<int>(work.size()), &info);
   if (info != 0) return out;  // an eigenvalue equals sigma: keep Cholesky's answer
-  apply = [a, n, &ipiv](const at::Tensor& v, at::Tensor& w) {
-    w.copy_(v);
-    int solve_info = 0;
-    at::native::lapackLdlSolveSymmetric<double>('L', n, 1, a, n, ipiv.data(),
-                                                w.mutable_data_ptr<double>(), n, &solve_info);
-  };
+  const Invert inv = invert_with(
+      [a, n, &ipiv](const at::Tensor& x) {
+        int solve_info = 0;
+        at::native::lapackLdlSolveSymmetric<double>('L', n, static_cast<int>(x.size(0)), a, n,
+                                                    ipiv.data(), x.mutable_data_ptr<double>(), n,
+                                                    &solve_info);
+      },
+      d);
 #else
   auto [LD, pivots, info_t] = at::linalg_ldl_factor_ex(shifted64(W, -sigma), /*hermitian=*/true);
   if (info_t.item<int64_t>() != 0) return out;  // an eigenvalue equals sigma
-  apply = [&](const at::Tensor& v, at::Tensor& w) {
-    w.copy_(
-        at::linalg_ldl_solve(LD, pivots, v.unsqueeze(1), /*hermitian=*/true).squeeze(1));
-  };
+  const Invert inv = invert_with(
+      [&LD, &pivots](const at::Tensor& x) {
+        x.copy_(at::linalg_ldl_solve(LD, pivots, x.t(), /*hermitian=*/true).t());
+      },
+      d);
 #endif
-  Lanczos<double> lz(d, num_iters, apply, start.options(), "condnum::shift_invert_step");
+  Lanczos<double> lz(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
+  Lanczos<double> ck(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);
+  ck.start(pseudo_random_unit(d, start.options(), kCheckStream));
   auto error_in = [&](const Lanczos<double>& z, const Ritz& r) {
     const double bound = std::max(r.bound, rounding_floor(z));
     return policy::shift_invert_error(bound, r.value, sigma + 1.0 / r.value);
@@ -538,30 +597,31 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   r.s.reserve(lz.max_steps());
   bool converged = false;
   Acceptance ok;
-  while (lz.step()) {
+  auto first_ended = [&]() -> bool {
     const int64_t m = lz.size();
-    if (m < kFirstCheck && lz.can_step()) continue;
+    if (m < kFirstCheck && lz.can_step()) return false;
     lz.ritz(m - 1, r);
     if (r.value > 0 && accurate(r) && (lz.invariant() || ok(true, m))) {
       converged = true;
-      break;
+      return true;
     }
-  }
+    return !lz.can_step();
+  };
+  auto top_of = [](const Lanczos<double>& z) -> int64_t { return z.size() - 1; };
+  auto check = invert_check(top_of, [&](const Lanczos<double>& z, const Ritz& p) {
+    return p.value > 0 && error_in(z, p) <= tol;
+  });
+  check.c.s.reserve(ck.max_steps());
+  run_with_check(
+      lz, ck, inv.apply2, "condnum::shift_invert_pair_step", first_ended,
+      [&]() { return converged && lz.size() < d; }, [&](bool) { return check(ck); });
   r = lz.ritz(lz.size() - 1);
   out.steps = lz.size();
   if (r.value <= 0) return out;
-  if (converged && lz.size() < d) {
-    Ritz c;
-    at::Tensor cu;
-    if (deflated_check(
-            apply, lz, r, num_iters, [](const Lanczos<double>& z) { return z.size() - 1; },
-            [&](const Lanczos<double>& z, const Ritz& p) {
-              return p.value > 0 && error_in(z, p) <= tol;
-            },
-            c, cu)) {
-      take_pair(out, cu, sigma + 1.0 / c.value, error(c), tol);
-      return out;
-    }
+  if (converged && lz.size() < d && check_refutes(check, r, lz, ck)) {
+    take_pair(out, ck.ritz_vector(check.c, at::kDouble), sigma + 1.0 / check.c.value,
+              error_in(ck, check.c), tol);
+    return out;
   }
   out.lam = sigma + 1.0 / r.value;
   out.u = lz.ritz_vector(r, at::kDouble);

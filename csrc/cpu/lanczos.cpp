@@ -244,8 +244,14 @@ template <typename scalar_t>
 bool Lanczos<scalar_t>::step() {
   if (!can_step()) return false;
   RECORD_USER_SCOPE(step_name_);
+  apply_(operand(), w_);
+  finish_step();
+  return true;
+}
+
+template <typename scalar_t>
+void Lanczos<scalar_t>::finish_step() {
   const int64_t j = m_, d = d_;
-  apply_(V_.select(0, j), w_);
   // The three-term recurrence first, w -= beta_{j-1} v_{j-1} + alpha v_j (O(d)), which
   // removes the large components of w along the basis; then classical Gram-Schmidt against
   // v_0 .. v_j for what rounding left, repeated once when that pass cancelled more than
@@ -289,6 +295,18 @@ bool Lanczos<scalar_t>::step() {
     const scalar_t inv = static_cast<scalar_t>(1.0 / b);
     for (int64_t i = 0; i < d; ++i) next[i] = pw[i] * inv;
   }
+}
+
+template <typename scalar_t>
+bool step_pair(Lanczos<scalar_t>& a, bool a_on, Lanczos<scalar_t>& b, bool b_on,
+               const typename Lanczos<scalar_t>::PairOperator& apply, const char* pair_name) {
+  a_on = a_on && a.can_step();
+  b_on = b_on && b.can_step();
+  if (!(a_on && b_on)) return (a_on && a.step()) || (b_on && b.step());
+  RECORD_USER_SCOPE(pair_name);
+  apply(a.operand(), b.operand(), a.product(), b.product());
+  a.finish_step();
+  b.finish_step();
   return true;
 }
 
@@ -372,6 +390,10 @@ at::Tensor Lanczos<scalar_t>::ritz_vector(const Ritz& r, at::ScalarType dtype) c
 
 template class Lanczos<float>;
 template class Lanczos<double>;
+template bool step_pair(Lanczos<float>&, bool, Lanczos<float>&, bool,
+                        const Lanczos<float>::PairOperator&, const char*);
+template bool step_pair(Lanczos<double>&, bool, Lanczos<double>&, bool,
+                        const Lanczos<double>::PairOperator&, const char*);
 
 at::Tensor pseudo_random_unit(int64_t d, const at::TensorOptions& options, uint64_t stream) {
   auto v = at::empty({d}, options.dtype(at::kDouble));

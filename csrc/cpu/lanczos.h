@@ -66,6 +66,9 @@ class Lanczos {
  public:
   // w = A v for v, w: (d,) of scalar_t; w is a preallocated buffer written in place.
   using Operator = std::function<void(const at::Tensor& v, at::Tensor& w)>;
+  // wa = A va and wb = A vb in one application (two runs in lockstep, step_pair).
+  using PairOperator = std::function<void(const at::Tensor& va, const at::Tensor& vb,
+                                          at::Tensor& wa, at::Tensor& wb)>;
 
   // Preallocates the basis for min(max_steps, d) steps. `opts` gives the device (CPU).
   // Each step is a profiler range named `step_name` (torch.profiler; free when not profiling).
@@ -78,6 +81,11 @@ class Lanczos {
   // A-invariant (then no further step is taken; the Ritz residuals are below the breakdown
   // level).
   bool step();
+  // The same step in two halves, for runs that share one application of the operator
+  // (step_pair): the vector it applies A to, the buffer for A v, then the rest of the step.
+  at::Tensor operand() const { return V_.select(0, m_); }
+  at::Tensor& product() { return w_; }
+  void finish_step();
 
   int64_t size() const { return m_; }
   int64_t max_steps() const { return steps_; }
@@ -125,6 +133,15 @@ class Lanczos {
 
 extern template class Lanczos<float>;
 extern template class Lanczos<double>;
+
+// One step of each run that is `on` and can step: both through one application of `apply`
+// when both do (a profiler range named pair_name), else the one alone (its own range). A
+// paired step costs about one step where the operator streams A from cache or memory (a
+// product read once for two vectors, a triangular solve with two right-hand sides).
+// Returns false when neither stepped.
+template <typename scalar_t>
+bool step_pair(Lanczos<scalar_t>& a, bool a_on, Lanczos<scalar_t>& b, bool b_on,
+               const typename Lanczos<scalar_t>::PairOperator& apply, const char* pair_name);
 
 // A deterministic pseudo-random unit vector (splitmix64 of index + (stream + 1) * golden
 // gamma): no RNG state used. Streams are independent draws; stream 0 starts every solve.

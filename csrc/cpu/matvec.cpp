@@ -16,23 +16,23 @@
 namespace condnum {
 namespace {
 
-// Each row: four partial sums over blocks of 4, combined as (s0 + s1) + (s2 + s3), then the
-// tail. The fallback where AVX2 + FMA are missing.
-template <typename T>
-void rows_portable(const T* A, int64_t cols, const T* x, T* y, int64_t begin, int64_t end) {
+// Each row: for each of the K vectors, four partial sums over blocks of 4, combined as
+// (s0 + s1) + (s2 + s3), then the tail. The fallback where AVX2 + FMA are missing.
+template <typename T, int K>
+void rows_portable(const T* A, int64_t cols, const T* const* x, T* const* y, int64_t begin,
+                   int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
     const T* a = A + i * cols;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    T s[K][4] = {};
     int64_t j = 0;
-    for (; j + 4 <= cols; j += 4) {
-      s0 += a[j] * x[j];
-      s1 += a[j + 1] * x[j + 1];
-      s2 += a[j + 2] * x[j + 2];
-      s3 += a[j + 3] * x[j + 3];
+    for (; j + 4 <= cols; j += 4)
+      for (int k = 0; k < K; ++k)
+        for (int q = 0; q < 4; ++q) s[k][q] += a[j + q] * x[k][j + q];
+    for (int k = 0; k < K; ++k) {
+      T t = (s[k][0] + s[k][1]) + (s[k][2] + s[k][3]);
+      for (int64_t r = j; r < cols; ++r) t += a[r] * x[k][r];
+      y[k][i] = t;
     }
-    T s = (s0 + s1) + (s2 + s3);
-    for (; j < cols; ++j) s += a[j] * x[j];
-    y[i] = s;
   }
 }
 
@@ -75,26 +75,33 @@ struct Avx2<double> {
   }
 };
 
-// Each row: four accumulators over blocks of 4 registers, summed as (a0 + a1) + (a2 + a3),
-// the lanes in a fixed order, then the scalar tail.
-template <typename T>
-__attribute__((target("avx2,fma"))) void rows_avx2(const T* A, int64_t cols, const T* x, T* y,
-                                                    int64_t begin, int64_t end) {
+// Each row: for each of the K vectors, four accumulators over blocks of 4 registers, summed
+// as (a0 + a1) + (a2 + a3), the lanes in a fixed order, then the scalar tail. The row is
+// loaded once for all K vectors; each vector's result is bitwise the one it gets alone.
+template <typename T, int K>
+__attribute__((target("avx2,fma"))) void rows_avx2(const T* A, int64_t cols, const T* const* x,
+                                                    T* const* y, int64_t begin, int64_t end) {
   using R = Avx2<T>;
   constexpr int64_t L = R::lanes;
   for (int64_t i = begin; i < end; ++i) {
     const T* a = A + i * cols;
-    auto a0 = R::zero(), a1 = a0, a2 = a0, a3 = a0;
+    typename R::V acc[K][4];
+    for (int k = 0; k < K; ++k)
+      for (int q = 0; q < 4; ++q) acc[k][q] = R::zero();
     int64_t j = 0;
     for (; j + 4 * L <= cols; j += 4 * L) {
-      a0 = R::fma(R::load(a + j), R::load(x + j), a0);
-      a1 = R::fma(R::load(a + j + L), R::load(x + j + L), a1);
-      a2 = R::fma(R::load(a + j + 2 * L), R::load(x + j + 2 * L), a2);
-      a3 = R::fma(R::load(a + j + 3 * L), R::load(x + j + 3 * L), a3);
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        const auto row = R::load(a + j + q * L);
+#pragma GCC unroll 2
+        for (int k = 0; k < K; ++k) acc[k][q] = R::fma(row, R::load(x[k] + j + q * L), acc[k][q]);
+      }
     }
-    T s = R::sum(R::add(R::add(a0, a1), R::add(a2, a3)));
-    for (; j < cols; ++j) s += a[j] * x[j];
-    y[i] = s;
+    for (int k = 0; k < K; ++k) {
+      T s = R::sum(R::add(R::add(acc[k][0], acc[k][1]), R::add(acc[k][2], acc[k][3])));
+      for (int64_t r = j; r < cols; ++r) s += a[r] * x[k][r];
+      y[k][i] = s;
+    }
   }
 }
 #undef CONDNUM_AVX2
@@ -109,16 +116,23 @@ bool mkl_on_amd() {
 #endif
 }
 
-template <typename T>
-void own_matvec(const T* A, int64_t rows, int64_t cols, const T* x, T* y) {
+// y_k = A x_k for the K vectors, in one pass over A.
+template <typename T, int K>
+void own_matvec(const T* A, int64_t rows, int64_t cols, const T* const* x, T* const* y) {
   // Threads only for products worth ~32k multiply-adds per chunk.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cols));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * cols));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
 #ifdef CONDNUM_X86_DISPATCH
-    if (has_avx2_fma()) return rows_avx2(A, cols, x, y, begin, end);
+    if (has_avx2_fma()) return rows_avx2<T, K>(A, cols, x, y, begin, end);
 #endif
-    rows_portable(A, cols, x, y, begin, end);
+    rows_portable<T, K>(A, cols, x, y, begin, end);
   });
+}
+
+void check_product(const at::Tensor& y, const at::Tensor& A, const at::Tensor& x) {
+  TORCH_INTERNAL_ASSERT(A.dim() == 2 && A.is_contiguous() && x.is_contiguous() &&
+                        y.is_contiguous() && x.numel() == A.size(1) && y.numel() == A.size(0) &&
+                        x.scalar_type() == A.scalar_type() && y.scalar_type() == A.scalar_type());
 }
 
 }  // namespace
@@ -139,25 +153,51 @@ void matvec_out(at::Tensor& y, const at::Tensor& A, const at::Tensor& x, Matvec 
     at::mv_out(y, A, x);
     return;
   }
-  TORCH_INTERNAL_ASSERT(A.dim() == 2 && A.is_contiguous() && x.is_contiguous() &&
-                        y.is_contiguous() && x.numel() == A.size(1) && y.numel() == A.size(0));
+  check_product(y, A, x);
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "condnum::matvec", [&] {
-    own_matvec(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), x.const_data_ptr<scalar_t>(),
-               y.mutable_data_ptr<scalar_t>());
+    const scalar_t* xs[1] = {x.const_data_ptr<scalar_t>()};
+    scalar_t* ys[1] = {y.mutable_data_ptr<scalar_t>()};
+    own_matvec<scalar_t, 1>(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), xs, ys);
+  });
+}
+
+void matvec2_out(at::Tensor& y1, at::Tensor& y2, const at::Tensor& A, const at::Tensor& x1,
+                 const at::Tensor& x2, Matvec kind) {
+  if (kind == Matvec::blas) {
+    at::mv_out(y1, A, x1);
+    at::mv_out(y2, A, x2);
+    return;
+  }
+  check_product(y1, A, x1);
+  check_product(y2, A, x2);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "condnum::matvec2", [&] {
+    const scalar_t* xs[2] = {x1.const_data_ptr<scalar_t>(), x2.const_data_ptr<scalar_t>()};
+    scalar_t* ys[2] = {y1.mutable_data_ptr<scalar_t>(), y2.mutable_data_ptr<scalar_t>()};
+    own_matvec<scalar_t, 2>(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), xs, ys);
   });
 }
 
 namespace {
 
+// x: (cols,) -> A x, or (2, cols) -> its rows' products as rows, by the paired kernel.
 at::Tensor own_matvec_op(const at::Tensor& A, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(A.dim() == 2 && x.dim() == 1 && x.size(0) == A.size(1),
-                    "condnum._matvec: A must be (rows, cols) and x (cols,), got ", A.sizes(),
-                    " and ", x.sizes());
+  TORCH_CHECK_VALUE(A.dim() == 2 && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 2)) &&
+                        x.size(-1) == A.size(1),
+                    "condnum._matvec: A must be (rows, cols) and x (cols,) or (2, cols), got ",
+                    A.sizes(), " and ", x.sizes());
   TORCH_CHECK_VALUE(A.scalar_type() == x.scalar_type() &&
                         (A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble),
                     "condnum._matvec: A and x must both be float32 or both float64");
-  auto y = at::empty({A.size(0)}, A.options());
-  matvec_out(y, A.contiguous(), x.contiguous(), Matvec::own);
+  const auto a = A.contiguous();
+  const auto xc = x.contiguous();
+  if (x.dim() == 1) {
+    auto y = at::empty({A.size(0)}, A.options());
+    matvec_out(y, a, xc, Matvec::own);
+    return y;
+  }
+  auto y = at::empty({2, A.size(0)}, A.options());
+  auto y1 = y[0], y2 = y[1];
+  matvec2_out(y1, y2, a, xc[0], xc[1], Matvec::own);
   return y;
 }
 
