@@ -75,6 +75,13 @@ def steps_per_call(fn: Callable[[], object]) -> float:
     return sum(_width(e) for e in events if e.name in KIND) / calls
 
 
+def passes_per_call(fn: Callable[[], object]) -> float:
+    """The operator applications of one ``fn()`` call: its step ranges, a paired step (one
+    pass over S or the factor for two runs) counted once."""
+    events, calls = _profiled(fn, 1)
+    return sum(e.name in KIND for e in events) / calls
+
+
 def _width(event) -> int:
     """Steps in one step range: 2 for a paired step."""
     return 2 if event.name in PAIRS.values() else 1

@@ -18,8 +18,9 @@ steps), the largest speed-up that step count allows on this machine (convergence
 and further factorisations counted free); `converged` says whether condnum's solve met
 its tol, from the op's err output (`no`: num_iters ran out, and its time is that of an
 unfinished solve, with no restart check); `runs` splits those steps by Krylov run
-(bench/_steps.py: `L` Lanczos on S, `S` shift-and-invert, each accepted end's restart
-check a run of its own).
+(bench/_steps.py: `L` Lanczos on S, `S` shift-and-invert, `x2` steps taken in lockstep by
+a run and its restart check, one pass over S or the factor for both, counted as two in
+`steps`).
 
 Methods:
   ours       extreme_eigh cold (fixed pseudo-random start);

@@ -36,7 +36,7 @@ SCRIPTS = [
     (
         "bench_block_lanczos.py",
         ["--dtype", "float64", "--blocks", "1", "2"],
-        ["d", "dtype", "steps", "passes_1", "err_1", "product_1", "est_1", "passes_2", "est_2"],
+        ["d", "dtype", "steps", "passes", "passes_1", "err_1", "product_1", "est_1", "est_2"],
     ),
     (
         "bench_regularizers.py",
@@ -86,6 +86,8 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
         if script == "bench_block_lanczos.py":  # the block runs meet the default tol (1e-7)
             assert row["steps"] >= 1 and row["err_1"] < 1e-5 and row["err_2"] < 1e-5
             assert row["passes_1"] >= 1 and row["passes_2"] >= 1
+            # a paired step is two steps and one pass over S
+            assert row["steps"] / 2 <= row["passes"] <= row["steps"]
         if script == "bench_backends.py":  # both backends meet the default tol (1e-7)
             assert row["ratio"] > 0 and row["max_rel_diff"] < 1e-5
             assert row["steps"] >= 1 and math.isfinite(row["extra_us_per_step"])

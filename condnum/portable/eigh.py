@@ -11,9 +11,9 @@
    fraction of the shift-and-invert cost) lasts and S is not too ill-conditioned for it.
 2. Otherwise shift-and-invert in float64 (condnum.portable.shift_invert).
 Each accepted end is checked by a second run from an independent pseudo-random start, in
-lockstep with the first (a two-column product or a two-right-hand-side solve per step):
-it must not find a Ritz value more extreme by more than the accepted one's bound
-(_Check, shift_invert.InvertCheck).
+lockstep with the first (off the CPU, a two-column product or a two-right-hand-side solve
+per step; lanczos.pair_operator): it must not find a Ritz value more extreme by more than
+the accepted one's bound (_Check, shift_invert.InvertCheck).
 Eigenvector signs: the component of largest magnitude is positive. Eigenvalues down to
 -sqrt(eps(S)) lam_max are rounding; only below that is S indefinite.
 
@@ -35,9 +35,9 @@ from condnum.portable.lanczos import (
     Acceptance,
     Lanczos,
     Ritz,
+    pair_operator,
     pseudo_random_unit,
     run_with_check,
-    stacked,
 )
 from condnum.portable.shift_invert import shift_invert_bottom
 
@@ -237,7 +237,8 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         check.bottom_budget = lz.size + _policy.RATE_WINDOW
         return need
 
-    run_with_check(lz, ck, stacked(lambda X: W @ X), first_ended, on_first_end, check.decided)
+    apply2 = pair_operator(apply, lambda X: W @ X, W.device)
+    run_with_check(lz, ck, apply2, first_ended, on_first_end, check.decided)
     if not (top_done and lz.size < d and top.value > 0):
         return out
     r = check.r if check.top_decided else ck.ritz(ck.size - 1)

@@ -26,10 +26,10 @@ from condnum.portable.lanczos import (
     Acceptance,
     Lanczos,
     Ritz,
+    pair_operator,
     pseudo_random_unit,
     rounding_floor,
     run_with_check,
-    stacked,
 )
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -84,13 +84,19 @@ class InvertCheck:
         )
 
 
-def _runs(apply, d: int, num_iters: int, start: torch.Tensor) -> tuple[Lanczos, Lanczos]:
-    """The first run (from ``start``) and its check (an independent pseudo-random start)."""
+def _runs(solve, d: int, num_iters: int, start: torch.Tensor):
+    """(first run, its check, their pair operator) on the inverse operator ``solve`` ((d, k)
+    -> (d, k) columns): the first from ``start``, the check from an independent
+    pseudo-random start."""
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return solve(v[:, None])[:, 0]
+
     lz = Lanczos(apply, d, num_iters, torch.float64, start.device)
     ck = Lanczos(apply, d, num_iters, torch.float64, start.device)
     lz.start(start)
     ck.start(pseudo_random_unit(d, torch.float64, start.device, _policy.CHECK_STREAM))
-    return lz, ck
+    return lz, ck, pair_operator(apply, solve, start.device)
 
 
 def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
@@ -130,7 +136,7 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
         Y = torch.linalg.solve_triangular(L, X, upper=False)
         return torch.linalg.solve_triangular(L.mT, Y, upper=True)
 
-    lz, ck = _runs(lambda v: solve(v[:, None])[:, 0], d, num_iters, start)
+    lz, ck, apply2 = _runs(solve, d, num_iters, start)
 
     def wanted(z: Lanczos = lz) -> int:
         return z.count_below(mu_threshold) - 1
@@ -174,7 +180,7 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
         return not lz.can_step
 
     check = InvertCheck(ck, wanted, lambda z, c: error(c, z) <= tol)
-    run_with_check(lz, ck, stacked(solve), first_ended, lambda: converged and lz.size < d, check)
+    run_with_check(lz, ck, apply2, first_ended, lambda: converged and lz.size < d, check)
     out = Bottom(crowded=crowded, steps=lz.size)
     i = wanted()
     if i < 0:
@@ -206,7 +212,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     def solve(X: torch.Tensor) -> torch.Tensor:
         return torch.linalg.ldl_solve(LD, pivots, X, hermitian=True)
 
-    lz, ck = _runs(lambda v: solve(v[:, None])[:, 0], d, num_iters, start)
+    lz, ck, apply2 = _runs(solve, d, num_iters, start)
 
     def error(r: Ritz, z: Lanczos = lz) -> float:
         bound = max(r.bound, rounding_floor(z))
@@ -227,7 +233,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
         return not lz.can_step
 
     check = InvertCheck(ck, lambda z: z.size - 1, lambda z, c: c.value > 0 and error(c, z) <= tol)
-    run_with_check(lz, ck, stacked(solve), first_ended, lambda: converged and lz.size < d, check)
+    run_with_check(lz, ck, apply2, first_ended, lambda: converged and lz.size < d, check)
     r = lz.ritz(lz.size - 1)
     out.steps = lz.size
     if r.value <= 0:
