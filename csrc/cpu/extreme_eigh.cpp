@@ -120,14 +120,15 @@ struct Plain {
 // so if the first settled on a neighbour, the check's top Ritz value rises above theta by
 // more than theta's bound: its pair, the more extreme, replaces the first (within that
 // bound the first stands, so that rounding noise between two runs that found the same
-// eigenvalue does not swap their vectors). The check is accepted by
-// the same rule as the first run (bound <= tol |theta| at two consecutive steps): a looser
-// one settles before a tight cluster is resolved (measured). A bottom value accepted from
-// plain Lanczos is checked by the same run: it stands only if the check's own bottom Ritz
-// value in the numerical range converges at or above it (minus its bound) within the first
-// run's step count plus kRateWindow; otherwise shift-and-invert, started from the check's
-// bottom Ritz vector, takes over. Cost: the second run's orthogonalisation, and its steps
-// past the first run's (a warm start shortens only the first).
+// eigenvalue does not swap their vectors). The check is accepted by the same rule as the
+// first run (bound <= tol |theta| at two consecutive steps): a looser one settles before a
+// tight cluster is resolved (measured). A bottom value accepted from plain Lanczos is
+// checked by the same run: it stands only if the check's own bottom Ritz value in the
+// numerical range converges at or above it (minus its bound) within the first run's step
+// count plus kRateWindow; otherwise shift-and-invert, started from the check's bottom Ritz
+// vector, takes over. Cost: the second run's orthogonalisation, and its steps past the
+// first run's (a warm start shortens only the first).
+
 // Advances a first run and its restart check in lockstep (step_pair) until the first has
 // ended and the check is decided or not needed. first_ended(): after a step of the first,
 // whether it has ended; on_first_end(): called once then, whether the check is needed;
@@ -377,6 +378,14 @@ struct InvertCheck {
     decided = ck.invariant() || ok(accepted(ck, c), m);
     return decided;
   }
+
+  // Whether c is above r, the first run's accepted pair, by more than both bounds (the
+  // wanted value may be interior, so neither is a one-sided bound): the first had settled
+  // on a neighbour, and c is the more extreme.
+  bool refutes(const Ritz& r, const Lanczos<double>& lz, const Lanczos<double>& ck) const {
+    return found && c.value - r.value > std::max(r.bound, rounding_floor(lz)) +
+                                            std::max(c.bound, rounding_floor(ck));
+  }
 };
 
 template <typename Wanted, typename Accepted>
@@ -384,15 +393,15 @@ InvertCheck<Wanted, Accepted> invert_check(Wanted wanted, Accepted accepted) {
   return {wanted, accepted};
 }
 
-// The first run and its check on one operator, x <- A x, with its pair operator.
+// The operator of a shift-and-invert run and its check: w = A v, and both vectors at once.
 struct Invert {
   Lanczos<double>::Operator apply;
   Lanczos<double>::PairOperator apply2;
 };
 
-// A from `solve`, which overwrites the rows of a contiguous (nrhs, d) float64 x with their
-// solutions; the pair stacks its two vectors as the rows of one such x (one pass over the
-// factor for both).
+// A = the inverse that `solve` applies: it overwrites the rows of a contiguous (nrhs, d)
+// float64 x with their solutions. The pair stacks its two vectors as the rows of one such
+// x (one pass over the factor for both).
 template <typename Solve>
 Invert invert_with(Solve solve, int64_t d) {
   auto both = at::empty({2, d}, at::TensorOptions().dtype(at::kDouble));
@@ -408,16 +417,6 @@ Invert invert_with(Solve solve, int64_t d) {
             wa.copy_(both[0]);
             wb.copy_(both[1]);
           }};
-}
-
-// The check's verdict on the first run's accepted pair r: whether its pair c is above r by
-// more than both bounds (the wanted value may be interior, so neither is a one-sided
-// bound), i.e. the first had settled on a neighbour and c is the more extreme.
-template <typename Wanted, typename Accepted>
-bool check_refutes(const InvertCheck<Wanted, Accepted>& check, const Ritz& r,
-                   const Lanczos<double>& lz, const Lanczos<double>& ck) {
-  return check.found && check.c.value - r.value > std::max(r.bound, rounding_floor(lz)) +
-                                                       std::max(check.c.bound, rounding_floor(ck));
 }
 
 // out with the restart check's pair: lam, its unit vector and error bound.
@@ -532,7 +531,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   Bottom out{std::numeric_limits<double>::quiet_NaN(), {}, kInf, false, crowded, lz.size()};
   if (i < 0) return out;
   r = lz.ritz(i);
-  if (converged && lz.size() < d && check_refutes(check, r, lz, ck)) {
+  if (converged && lz.size() < d && check.refutes(r, lz, ck)) {
     take_pair(out, ck.ritz_vector(check.c, at::kDouble), 1.0 / check.c.value - tau,
               error_in(ck, check.c), tol);
     return out;
@@ -618,7 +617,7 @@ Bottom ldl_bottom(const at::Tensor& W, double lam_max, double rtol, double tol, 
   r = lz.ritz(lz.size() - 1);
   out.steps = lz.size();
   if (r.value <= 0) return out;
-  if (converged && lz.size() < d && check_refutes(check, r, lz, ck)) {
+  if (converged && lz.size() < d && check.refutes(r, lz, ck)) {
     take_pair(out, ck.ritz_vector(check.c, at::kDouble), sigma + 1.0 / check.c.value,
               error_in(ck, check.c), tol);
     return out;
