@@ -22,7 +22,7 @@ import condnum
 from condnum import _policy, reference
 from condnum import functional as F
 from condnum.portable.checks import max_asymmetry
-from condnum.portable.lanczos import Lanczos, pseudo_random_unit
+from condnum.portable.lanczos import Lanczos, pair_operator, pseudo_random_unit
 
 ops = torch.ops.condnum
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -248,3 +248,42 @@ def test_portable_lanczos_steps_build_t_as_v_transpose_s_v(copy_to_host, dtype):
     expected = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
     scale = T.abs().max().item()
     torch.testing.assert_close(T, expected, rtol=0, atol=100 * torch.finfo(dtype).eps * scale)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "precision", "paired"),
+    [
+        ("cuda", torch.float32, "highest", True),
+        ("cuda", torch.float64, "high", True),
+        ("cuda", torch.float32, "high", False),  # a block product could run in TF32
+        ("cpu", torch.float64, "highest", False),  # MKL's block product is slower there
+    ],
+)
+def test_portable_pairs_a_run_and_its_check_where_that_is_exact_and_pays(
+    device, dtype, precision, paired
+):
+    """The portable path's pair operator applies one block (two-column product, two
+    right-hand sides) off the CPU, unless torch may use TF32 for that float32 matmul; else
+    the single operator twice. Either way it returns (A va, A vb)."""
+    A = torch.diag(torch.arange(1.0, 5.0, dtype=dtype))
+    calls = []
+
+    def apply(v):
+        calls.append("apply")
+        return A @ v
+
+    def solve(X):
+        calls.append("solve")
+        return A @ X
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        apply2 = pair_operator(apply, solve, torch.device(device), dtype)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    va, vb = torch.ones(4, dtype=dtype), torch.arange(4.0, dtype=dtype)
+    wa, wb = apply2(va, vb)
+    assert calls == (["solve"] if paired else ["apply", "apply"])
+    assert torch.equal(wa, A @ va) and torch.equal(wb, A @ vb)
+    assert wa.is_contiguous() and wb.is_contiguous()

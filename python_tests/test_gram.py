@@ -39,6 +39,29 @@ def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed,
     assert (S.double() - ref).abs().max() <= BASELINE_MULTIPLE * max(torch_err, rounding)
 
 
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_gram_keeps_float32_accuracy_when_torch_may_use_tf32(precision, device):
+    """torch.set_float32_matmul_precision("high"/"medium") lets torch use TF32 or bfloat16
+    for float32 matmuls (on GPUs with tensor cores, CPUs with bfloat16 units); S must keep
+    float32 accuracy all the same: TF32's 10-bit mantissa would move it by ~1e-3."""
+    g = torch.Generator().manual_seed(3)
+    Z = torch.randn(512, 96, generator=g, dtype=torch.float32)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        S = F.gram(Z.to(device)).cpu()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    ref = Z.double().T @ Z.double()
+    bound = (
+        4
+        * torch.finfo(torch.float32).eps
+        * math.sqrt(512)
+        * (Z.double().abs().T @ Z.double().abs())
+    )
+    assert ((S.double() - ref).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gram_half_inputs_accumulate_in_float32(dtype, device):
     Z = torch.randn(2048, 64).to(dtype)

@@ -237,7 +237,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         check.bottom_budget = lz.size + _policy.RATE_WINDOW
         return need
 
-    apply2 = pair_operator(apply, lambda X: W @ X, W.device)
+    apply2 = pair_operator(apply, lambda X: W @ X, W.device, W.dtype)
     run_with_check(lz, ck, apply2, first_ended, on_first_end, check.decided)
     if not (top_done and lz.size < d and top.value > 0):
         return out

@@ -31,6 +31,7 @@ import torch
 
 from condnum import _policy
 from condnum.portable import tridiagonal
+from condnum.portable.products import full_fp32
 
 
 @dataclass
@@ -245,14 +246,17 @@ def pair_operator(
     apply: Callable[[torch.Tensor], torch.Tensor],
     solve: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
+    dtype: torch.dtype,
 ) -> PairOperator:
     """The pair operator of a run and its check: ``solve`` ((d, k) -> (d, k) columns) with
     both vectors as the columns of one block, one pass over S or the factor, the results
-    as contiguous rows. On the CPU ``apply`` to each vector instead: there torch's BLAS
+    as contiguous rows. ``apply`` to each vector instead on the CPU, where torch's BLAS
     (MKL) multiplies S by a two-column block, or solves with two right-hand sides, slower
-    than by one vector twice (measured on an AMD EPYC: 450 us more per step at d = 768),
-    and the native kernel is the CPU's fast path anyway."""
-    if device.type == "cpu":
+    than by one vector twice (measured on an AMD EPYC: 780 us against 100-174 us for two
+    ``torch.mv`` at d = 768, 1 thread), and the native kernel is the CPU's fast path
+    anyway; and for float32 while torch may use TF32 for a float32 matmul (a block product
+    is one; ``mv`` is not)."""
+    if device.type == "cpu" or not full_fp32(dtype):
         return lambda va, vb: (apply(va), apply(vb))
 
     def apply2(va: torch.Tensor, vb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

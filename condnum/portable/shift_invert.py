@@ -96,7 +96,7 @@ def _runs(solve, d: int, num_iters: int, start: torch.Tensor):
     ck = Lanczos(apply, d, num_iters, torch.float64, start.device)
     lz.start(start)
     ck.start(pseudo_random_unit(d, torch.float64, start.device, _policy.CHECK_STREAM))
-    return lz, ck, pair_operator(apply, solve, start.device)
+    return lz, ck, pair_operator(apply, solve, start.device, torch.float64)
 
 
 def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
