@@ -203,11 +203,12 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
         return False
 
     out: Plain | None = None
+    need_check = False
     check = _Check(ck, want_bottom, tol, rtol)
 
     def on_first_end() -> bool:
         """The first run's result; whether the check is needed."""
-        nonlocal top, out
+        nonlocal top, out, need_check
         # Keep the accepted top pair unless the final one has a smaller bound, or has risen
         # past the accepted one's bound (which had then settled on a lower eigenvalue).
         final = lz.ritz(lz.size - 1)
@@ -230,16 +231,16 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
             out.u_bottom = lz.ritz_vector(bottom, W.dtype)
         # The whole space spanned (m = d) leaves nothing to miss; an unconverged top is
         # reported by err already.
-        need = top_done and lz.size < d and top.value > 0
-        check.check_bottom = need and want_bottom and out.bottom_converged
+        need_check = top_done and lz.size < d and top.value > 0
+        check.check_bottom = need_check and want_bottom and out.bottom_converged
         check.bottom_decided = not check.check_bottom
         check.below = out.lam_bottom - out.err_bottom * out.lam_bottom
         check.bottom_budget = lz.size + _policy.RATE_WINDOW
-        return need
+        return need_check
 
     apply2 = pair_operator(apply, lambda X: W @ X, W.device, W.dtype)
     run_with_check(lz, ck, apply2, first_ended, on_first_end, check.decided)
-    if not (top_done and lz.size < d and top.value > 0):
+    if not need_check:
         return out
     r = check.r if check.top_decided else ck.ritz(ck.size - 1)
     if r.value - top.value > top.bound:  # the first run settled on a lower eigenvalue

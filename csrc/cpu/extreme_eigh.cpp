@@ -390,7 +390,7 @@ struct InvertCheck {
 
 template <typename Wanted, typename Accepted>
 InvertCheck<Wanted, Accepted> invert_check(Wanted wanted, Accepted accepted) {
-  return {wanted, accepted};
+  return {wanted, accepted, {}, {}};
 }
 
 // The operator of a shift-and-invert run and its check: w = A v, and both vectors at once.

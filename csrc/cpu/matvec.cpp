@@ -129,10 +129,25 @@ void own_matvec(const T* A, int64_t rows, int64_t cols, const T* const* x, T* co
   });
 }
 
-void check_product(const at::Tensor& y, const at::Tensor& A, const at::Tensor& x) {
-  TORCH_INTERNAL_ASSERT(A.dim() == 2 && A.is_contiguous() && x.is_contiguous() &&
-                        y.is_contiguous() && x.numel() == A.size(1) && y.numel() == A.size(0) &&
-                        x.scalar_type() == A.scalar_type() && y.scalar_type() == A.scalar_type());
+// y[k] = A x[k] for the K pairs by own_matvec, after checking each one's shapes and dtype.
+template <int K>
+void own_products(const at::Tensor& A, const at::Tensor* const (&x)[K],
+                  at::Tensor* const (&y)[K]) {
+  for (int k = 0; k < K; ++k)
+    TORCH_INTERNAL_ASSERT(A.dim() == 2 && A.is_contiguous() && x[k]->is_contiguous() &&
+                          y[k]->is_contiguous() && x[k]->numel() == A.size(1) &&
+                          y[k]->numel() == A.size(0) &&
+                          x[k]->scalar_type() == A.scalar_type() &&
+                          y[k]->scalar_type() == A.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "condnum::matvec", [&] {
+    const scalar_t* xs[K];
+    scalar_t* ys[K];
+    for (int k = 0; k < K; ++k) {
+      xs[k] = x[k]->template const_data_ptr<scalar_t>();
+      ys[k] = y[k]->template mutable_data_ptr<scalar_t>();
+    }
+    own_matvec<scalar_t, K>(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), xs, ys);
+  });
 }
 
 }  // namespace
@@ -153,12 +168,7 @@ void matvec_out(at::Tensor& y, const at::Tensor& A, const at::Tensor& x, Matvec 
     at::mv_out(y, A, x);
     return;
   }
-  check_product(y, A, x);
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "condnum::matvec", [&] {
-    const scalar_t* xs[1] = {x.const_data_ptr<scalar_t>()};
-    scalar_t* ys[1] = {y.mutable_data_ptr<scalar_t>()};
-    own_matvec<scalar_t, 1>(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), xs, ys);
-  });
+  own_products<1>(A, {&x}, {&y});
 }
 
 void matvec2_out(at::Tensor& y1, at::Tensor& y2, const at::Tensor& A, const at::Tensor& x1,
@@ -168,13 +178,7 @@ void matvec2_out(at::Tensor& y1, at::Tensor& y2, const at::Tensor& A, const at::
     at::mv_out(y2, A, x2);
     return;
   }
-  check_product(y1, A, x1);
-  check_product(y2, A, x2);
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "condnum::matvec2", [&] {
-    const scalar_t* xs[2] = {x1.const_data_ptr<scalar_t>(), x2.const_data_ptr<scalar_t>()};
-    scalar_t* ys[2] = {y1.mutable_data_ptr<scalar_t>(), y2.mutable_data_ptr<scalar_t>()};
-    own_matvec<scalar_t, 2>(A.const_data_ptr<scalar_t>(), A.size(0), A.size(1), xs, ys);
-  });
+  own_products<2>(A, {&x1, &x2}, {&y1, &y2});
 }
 
 namespace {

@@ -1,17 +1,18 @@
 // y = A x on the CPU for a row-major A: the product of every plain Lanczos step.
 //
 // torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
-// not Intel's: on an AMD EPYC (2 threads, d = 768) torch.mv ran at about half the speed of
-// the loop below (float32 62 us against 33 us, float64 107 against 64). So on such a CPU the
-// solvers multiply by S here; elsewhere through torch (at::mv). CONDNUM_MATVEC=own|blas
-// overrides the choice (read at every solve, so a test can switch it).
+// not Intel's: on an AMD EPYC (Zen 4, 2 threads, d = 768) torch.mv ran at about half the
+// speed of the loop below (float32 62 us against 33 us, float64 107 against 64). So on such
+// a CPU the solvers multiply by S here; elsewhere through torch (at::mv).
+// CONDNUM_MATVEC=own|blas overrides the choice (read at every solve, so a test can switch
+// it).
 //
 // own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for), each row one
 // dot product with 4 vector accumulators (AVX2 + FMA when the CPU has them, else 4 scalar
 // partial sums) combined in a fixed order: bitwise the same result at any thread count.
 // The paired product (matvec2_out) loads each row once for two vectors: where S streams from
-// cache or memory it costs about one product (d = 768, AMD EPYC: 1.02-1.04x), and each
-// vector's result is bitwise the one the single product gives.
+// cache or memory it costs about one product (d = 768, AMD EPYC Zen 3: 1.02-1.04x), and
+// each vector's result is bitwise the one the single product gives.
 #pragma once
 #include <ATen/ATen.h>
 
