@@ -8,9 +8,14 @@ kernel's solver steps per call (its profiler ranges; both backends follow one po
 the portable path takes the same steps where their eigenvalues agree), and
 `extra_us_per_step` = (portable - native) / steps is what the portable path adds per step
 (its once-per-call work spread over the steps): Python, torch's per-call dispatch, and the
-host copy and tridiagonal work of each step's convergence check. The two backends are
-timed alternately, three rounds each (``_harness.alternate``), so that the machine's load,
-which drifts on shared machines, weighs on both alike.
+host copy and tridiagonal work of each step's convergence check. `torch_floor` is the
+floor under `ratio` that torch's own kernels set: the time of the same steps through torch
+(``_steps.step_costs``' ``torch_ms``: each product or solve for one vector, as the portable
+path applies them on the CPU, the Gram-Schmidt passes, and a float64 Cholesky where the
+solve takes shift-and-invert steps) over native's time. Where it exceeds 1.5, the portable
+path cannot come within 1.5x of the native one on this machine, even with no host work.
+The two backends are timed alternately, three rounds each (``_harness.alternate``), so
+that the machine's load, which drifts on shared machines, weighs on both alike.
 
     python bench/bench_backends.py --quick
     python bench/bench_backends.py --d 768 --threads 1 --stat min
@@ -33,11 +38,21 @@ OPS = {
     "top_eigh": lambda S: F.top_eigh(S)[:1],
 }
 KEY = ["d", "dtype", "spectrum", "kappa", "op"]
-COLUMNS = [*KEY, "native_ms", "portable_ms", "ratio", "max_rel_diff", "steps", "extra_us_per_step"]
+COLUMNS = [
+    *KEY,
+    "native_ms",
+    "portable_ms",
+    "ratio",
+    "torch_floor",
+    "max_rel_diff",
+    "steps",
+    "extra_us_per_step",
+]
 
 
-def compare(S, fn, min_run_time: float) -> dict[str, float]:
-    """Both backends' times of ``fn(S)``, their ratio and the eigenvalues' largest difference."""
+def compare(S, op: str, fn, min_run_time: float) -> dict[str, float]:
+    """Both backends' times of ``fn(S)`` (``op``: its name), their ratio, its floor and the
+    eigenvalues' largest difference."""
     backends = ("native", "portable")
     lams = {}
     with warnings.catch_warnings():
@@ -46,13 +61,15 @@ def compare(S, fn, min_run_time: float) -> dict[str, float]:
         for backend in backends:
             with condnum.backend(backend):
                 lams[backend] = [float(x) for x in fn(S)]
-        with condnum.backend("native"):
-            steps = _steps.steps_per_call(lambda: fn(S))
+    with condnum.backend("native"):
+        costs = _steps.step_costs(S, None, None, op)
+    steps = sum(costs[k]["steps"] for k in _steps.STEPS if k in costs)
     pairs = zip(lams["portable"], lams["native"], strict=True)
     return {
         "native_ms": ms["native"],
         "portable_ms": ms["portable"],
         "ratio": ms["portable"] / ms["native"],
+        "torch_floor": costs["torch_ms"] / ms["native"],
         "max_rel_diff": max(H.rel_err(a, b) for a, b in pairs),
         "steps": steps,
         "extra_us_per_step": (ms["portable"] - ms["native"]) * 1e3 / steps if steps else math.nan,
@@ -72,7 +89,7 @@ def main() -> None:
     for d, dtype, kind, kappa, S in cases:
         for op, fn in OPS.items():
             case = {"d": d, "dtype": str(dtype).removeprefix("torch."), "spectrum": kind}
-            table.add(**case, kappa=kappa, op=op, **compare(S, fn, mrt))
+            table.add(**case, kappa=kappa, op=op, **compare(S, op, fn, mrt))
     table.save(args.name)
 
 

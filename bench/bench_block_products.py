@@ -11,6 +11,9 @@ nothing. Products through torch (the machine's BLAS: MKL on x86 CPUs, cuBLAS on 
 S's dtype. With ``--row-panels`` (CPU), `panels_ms` times the rows layout with S split into
 one panel per thread (bench/_row_panels.py), and `panels_over_mv` is its time over one mv:
 whether splitting S by hand beats the BLAS's own threading of the small product.
+On the CPU, `own_mv_ms` times the native solver's own product kernel
+(``torch.ops.condnum._matvec``) for one vector and, for k = 2, `own_ms` its paired product
+(one pass over S for both vectors; nan for other k), with `own_over_mv` = own_ms / mv_ms.
 
     python bench/bench_block_products.py --quick
     python bench/bench_block_products.py --d 768 2048 --k 2 4 --name block_products
@@ -18,6 +21,8 @@ whether splitting S by hand beats the BLAS's own threading of the small product.
 """
 
 from __future__ import annotations
+
+import math
 
 import _harness as H
 import torch
@@ -37,11 +42,13 @@ def main() -> None:
     if args.row_panels and device.type != "cpu":
         p.error("--row-panels times a CPU product: use --device cpu")
     panels = ["panels_ms", "panels_over_mv"] if args.row_panels else []
+    own = ["own_mv_ms", "own_ms", "own_over_mv"] if device.type == "cpu" else []
     ds = args.d or ([256] if args.quick else [768, 2048])
     mrt = args.min_run_time or (0.05 if args.quick else 0.5)
     table = H.Table(
         args.name or "bench_block_products",
         ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "saving_vs_k_steps"]
+        + own
         + panels,
         H.environment(device),
         key=["d", "dtype", "k"],
@@ -54,6 +61,8 @@ def main() -> None:
             gen = torch.Generator(device=device).manual_seed(0)
             v = torch.randn(d, dtype=dtype, device=device, generator=gen)
             t_mv = H.timeit(lambda: torch.mv(S, v), mrt)  # noqa: B023
+            if own:
+                t_own = H.timeit(lambda: torch.ops.condnum._matvec(S, v), mrt)  # noqa: B023
             for k in args.k:
                 Vt = torch.randn(k, d, dtype=dtype, device=device, generator=gen)
                 V = Vt.T.contiguous()
@@ -61,10 +70,16 @@ def main() -> None:
                 t_rows = H.timeit(lambda: Vt @ S, mrt)  # noqa: B023
                 best = min(t_cols, t_rows)
                 extra = {}
+                if own:
+                    t_pair = math.nan
+                    if k == 2:
+                        torch.testing.assert_close(torch.ops.condnum._matvec(S, Vt), Vt @ S)
+                        t_pair = H.timeit(lambda: torch.ops.condnum._matvec(S, Vt), mrt)  # noqa: B023
+                    extra = {"own_mv_ms": t_own, "own_ms": t_pair, "own_over_mv": t_pair / t_mv}
                 if args.row_panels:
                     torch.testing.assert_close(row_panel_product(S, Vt), Vt @ S)
                     t_panels = H.timeit(lambda: row_panel_product(S, Vt), mrt)  # noqa: B023
-                    extra = {"panels_ms": t_panels, "panels_over_mv": t_panels / t_mv}
+                    extra |= {"panels_ms": t_panels, "panels_over_mv": t_panels / t_mv}
                 table.add(
                     d=d,
                     dtype=str(dtype).removeprefix("torch."),

@@ -90,6 +90,7 @@ def test_benchmark_script_runs_and_saves(tmp_path, script, args, columns):
             assert row["steps"] / 2 <= row["passes"] <= row["steps"]
         if script == "bench_backends.py":  # both backends meet the default tol (1e-7)
             assert row["ratio"] > 0 and row["max_rel_diff"] < 1e-5
+            assert row["torch_floor"] > 0
             assert row["steps"] >= 1 and math.isfinite(row["extra_us_per_step"])
 
 

@@ -7,12 +7,13 @@
 // CONDNUM_MATVEC=own|blas overrides the choice (read at every solve, so a test can switch
 // it).
 //
-// own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for), each row one
-// dot product with 4 vector accumulators (AVX2 + FMA when the CPU has them, else 4 scalar
-// partial sums) combined in a fixed order: bitwise the same result at any thread count.
-// The paired product (matvec2_out) loads each row once for two vectors: where S streams from
-// cache or memory it costs about one product (d = 768, AMD EPYC Zen 3: 1.02-1.04x), and
-// each vector's result is bitwise the one the single product gives.
+// own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for) and taken
+// several at a time, each row one dot product with one vector accumulator (AVX2 + FMA when
+// the CPU has them, else 4 scalar partial sums) whose lanes are summed in a fixed order:
+// bitwise the same result at any thread count. The paired product (matvec2_out) loads each
+// row once for two vectors: it costs 1.1-1.3x one product through this kernel, about one
+// torch.mv (AMD EPYC Zen 3, 2 threads, d = 768 to 4096), and each vector's result is bitwise
+// the one the single product gives.
 #pragma once
 #include <ATen/ATen.h>
 
