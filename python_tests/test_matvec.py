@@ -1,6 +1,7 @@
 """The CPU solvers' product S v: condnum's own kernel (``torch.ops.condnum._matvec``) against a
-float64 reference, which kernel the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an
-AMD CPU), and the native solvers under both kernels, whichever the machine would pick."""
+float64 reference, which kernels the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an
+AMD CPU: the product and the shift-and-invert solve of test_cholesky_solve.py), and the
+native solvers under both, whichever the machine would pick."""
 
 from __future__ import annotations
 

@@ -19,13 +19,13 @@ PYTHON="$venv/bin/python" CONDNUM_EDITABLE=0 CONDNUM_BUILD_DIR="$root/build/sani
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-# The solvers' own product kernel, whatever this CPU would pick (torch's BLAS has no code of
-# ours to check).
+# The solvers' own product and Cholesky-solve kernels, whatever this CPU would pick (torch's
+# BLAS has no code of ours to check).
 export CONDNUM_MATVEC=own
 cd "$root/python_tests"  # not the repository root: import the installed, sanitized package
 if [ $# -eq 0 ]; then  # the native kernels only: the portable path has no C++ to sanitize
   set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py test_fuzz.py \
-    test_regressions.py test_matvec.py \
+    test_regressions.py test_matvec.py test_cholesky_solve.py \
     -k "not portable"
 fi
 "$venv/bin/pytest" -q -p no:cacheprovider "$@"

@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "cpu/checks.h"
+#include "cpu/cholesky_solve.h"
 #include "cpu/lanczos.h"
 #include "cpu/matvec.h"
 #include "solver_policy.h"
@@ -459,23 +460,9 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   const double threshold = rtol * lam_max;
   const double mu_threshold = 1.0 / (threshold + tau);
   const bool detect_crowding = tau <= 8 * threshold;
+  const Matvec kernel = matvec_choice();
   const Invert inv = invert_with(
-      [&U, d](const at::Tensor& x) {
-#if AT_BUILD_WITH_LAPACK()
-        // Row-major U is the column-major lower factor L = U^T: L y = b, then L^T x = y; the
-        // rows of x are the columns of a column-major (d, nrhs) right-hand side.
-        double* a = U.mutable_data_ptr<double>();
-        const int n = static_cast<int>(d), nrhs = static_cast<int>(x.size(0));
-        at::native::blasTriangularSolve<double>('L', 'L', 'N', 'N', n, nrhs, a, n,
-                                                x.mutable_data_ptr<double>(), n);
-        at::native::blasTriangularSolve<double>('L', 'L', 'T', 'N', n, nrhs, a, n,
-                                                x.mutable_data_ptr<double>(), n);
-#else
-        const auto y = at::linalg_solve_triangular(U.mT(), x.t(), /*upper=*/false);
-        x.copy_(at::linalg_solve_triangular(U, y, /*upper=*/true).t());
-#endif
-      },
-      d);
+      [&U, kernel](const at::Tensor& x) { cholesky_solve_rows(U, x, kernel); }, d);
   Lanczos<double> lz(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
   Lanczos<double> ck(d, num_iters, inv.apply, start.options(), "condnum::shift_invert_step");
   lz.start(start);

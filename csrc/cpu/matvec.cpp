@@ -37,11 +37,6 @@ void rows_portable(const T* A, int64_t cols, const T* const* x, T* const* y, int
 }
 
 #ifdef CONDNUM_X86_DISPATCH
-bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
 #define CONDNUM_AVX2 __attribute__((target("avx2,fma"))) inline
 
 // The 256-bit registers of each dtype: 8 float or 4 double lanes.
@@ -123,7 +118,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const T* A, int64_t cols, con
 
 bool mkl_on_amd() {
 #if defined(CONDNUM_X86_DISPATCH) && AT_MKL_ENABLED()
-  static const bool yes = __builtin_cpu_is("amd") && has_avx2_fma();
+  static const bool yes = __builtin_cpu_is("amd") && cpu_has_avx2_fma();
   return yes;
 #else
   return false;
@@ -137,7 +132,7 @@ void own_matvec(const T* A, int64_t rows, int64_t cols, const T* const* x, T* co
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * cols));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
 #ifdef CONDNUM_X86_DISPATCH
-    if (has_avx2_fma()) return rows_avx2<T, K>(A, cols, x, y, begin, end);
+    if (cpu_has_avx2_fma()) return rows_avx2<T, K>(A, cols, x, y, begin, end);
 #endif
     rows_portable<T, K>(A, cols, x, y, begin, end);
   });
@@ -165,6 +160,15 @@ void own_products(const at::Tensor& A, const at::Tensor* const (&x)[K],
 }
 
 }  // namespace
+
+bool cpu_has_avx2_fma() {
+#ifdef CONDNUM_X86_DISPATCH
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
 
 Matvec matvec_choice() {
   const char* env = std::getenv("CONDNUM_MATVEC");

@@ -3,9 +3,9 @@
 // torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
 // not Intel's: on an AMD EPYC (Zen 4, 2 threads, d = 768) torch.mv ran at about half the
 // speed of the loop below (float32 62 us against 33 us, float64 107 against 64). So on such
-// a CPU the solvers multiply by S here; elsewhere through torch (at::mv).
-// CONDNUM_MATVEC=own|blas overrides the choice (read at every solve, so a test can switch
-// it).
+// a CPU the solvers multiply by S here; elsewhere through torch (at::mv). The same choice
+// picks the shift-and-invert solve (cholesky_solve.h). CONDNUM_MATVEC=own|blas overrides it
+// (read at every solve, so a test can switch it).
 //
 // own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for) and taken
 // several at a time, each row one dot product with one vector accumulator (AVX2 + FMA when
@@ -23,7 +23,10 @@ namespace condnum {
 
 enum class Matvec { blas, own };
 
-// The product the solvers use now: CONDNUM_MATVEC if set (own|blas, anything else is an
+// Whether the CPU runs AVX2 and FMA instructions (the own kernels' fast paths).
+bool cpu_has_avx2_fma();
+
+// The kernels the solvers use now: CONDNUM_MATVEC if set (own|blas, anything else is an
 // error), else own for MKL on an AMD CPU, else blas.
 Matvec matvec_choice();
 const char* matvec_name(Matvec kind);
