@@ -7,10 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CONDNUM_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
+#include "cpu/avx2.h"
 
 namespace condnum {
 namespace {
@@ -74,11 +71,6 @@ CONDNUM_AVX2 void forward_avx2(const double* U, int64_t d, double* const* x) {
   }
 }
 
-CONDNUM_AVX2 double lane_sum(__m256d v) {  // lanes (0+2, 1+3), then pairwise
-  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-  return _mm_cvtsd_f64(_mm_hadd_pd(h, h));
-}
-
 // U x = y for the K right-hand sides x[k] (overwritten), blocks of rows from the last: the
 // dot products of the block's rows with the solved x_j, j >= end (one accumulator per row
 // and right-hand side, its lanes summed in a fixed order, then the scalar tail), then the
@@ -103,7 +95,7 @@ CONDNUM_AVX2 void backward_avx2(const double* U, int64_t d, double* const* x) {
         }
       }
       for (int r = 0; r < kRows; ++r)
-        for (int k = 0; k < K; ++k) dot[r][k] = lane_sum(acc[r][k]);
+        for (int k = 0; k < K; ++k) dot[r][k] = Avx2<double>::sum(acc[r][k]);
     }
     for (int64_t r = i0; r < end; ++r)
       for (int k = 0; k < K; ++k)

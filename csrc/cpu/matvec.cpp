@@ -8,10 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CONDNUM_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
+#include "cpu/avx2.h"
 
 namespace condnum {
 namespace {
@@ -37,37 +34,6 @@ void rows_portable(const T* A, int64_t cols, const T* const* x, T* const* y, int
 }
 
 #ifdef CONDNUM_X86_DISPATCH
-#define CONDNUM_AVX2 __attribute__((target("avx2,fma"))) inline
-
-// The 256-bit registers of each dtype: 8 float or 4 double lanes.
-template <typename T>
-struct Avx2;
-template <>
-struct Avx2<float> {
-  using V = __m256;
-  static constexpr int64_t lanes = 8;
-  CONDNUM_AVX2 static V zero() { return _mm256_setzero_ps(); }
-  CONDNUM_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
-  CONDNUM_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  CONDNUM_AVX2 static float sum(V v) {  // lanes (0+4, 1+5, 2+6, 3+7), then pairwise
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    h = _mm_hadd_ps(h, h);
-    return _mm_cvtss_f32(_mm_hadd_ps(h, h));
-  }
-};
-template <>
-struct Avx2<double> {
-  using V = __m256d;
-  static constexpr int64_t lanes = 4;
-  CONDNUM_AVX2 static V zero() { return _mm256_setzero_pd(); }
-  CONDNUM_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
-  CONDNUM_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  CONDNUM_AVX2 static double sum(V v) {  // lanes (0+2, 1+3), then pairwise
-    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_hadd_pd(h, h));
-  }
-};
-
 // Rows i .. i + NR - 1: for each row and each of the K vectors one accumulator over the
 // row's blocks of one register, the lanes summed in a fixed order, then the scalar tail.
 // Each block of the row is loaded once for all K vectors, and each block of x once for all
@@ -113,7 +79,6 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const T* A, int64_t cols, con
   for (; i + NR <= end; i += NR) row_block_avx2<T, K, NR>(A, cols, x, y, i);
   for (; i < end; ++i) row_block_avx2<T, K, 1>(A, cols, x, y, i);
 }
-#undef CONDNUM_AVX2
 #endif
 
 bool mkl_on_amd() {
