@@ -54,6 +54,7 @@ PAIRS = {
 }
 KIND = {name: kind for table in (STEPS, PAIRS) for kind, name in table.items()}
 REPLAY = "bench::torch_step"
+GS_PASS = "condnum::gram_schmidt_pass"
 
 
 def _profiled(fn: Callable[[], object], min_events: int) -> tuple[list, int]:
@@ -91,10 +92,10 @@ def _width(event) -> int:
 
 
 def _plan(event) -> tuple[int, ...]:
-    """The basis rows of each Gram-Schmidt pass of one step range, from its ``aten::addmv``
-    children, whose matrix argument is the transposed basis (d, rows)."""
-    gs = [c for c in event.cpu_children if c.name == "aten::addmv"]
-    rows = tuple(c.input_shapes[1][1] for c in gs if c.input_shapes)
+    """The basis rows of each Gram-Schmidt pass of one step range, from its
+    ``condnum::gram_schmidt_pass`` children, whose first input is the basis (rows, d)."""
+    gs = [c for c in event.cpu_children if c.name == GS_PASS]
+    rows = tuple(c.input_shapes[0][0] for c in gs if c.input_shapes)
     return rows or (1,)
 
 

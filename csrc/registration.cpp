@@ -41,6 +41,10 @@ TORCH_LIBRARY(condnum, m) {
   // (the lower triangle is not read), b of shape (d,), or (2, d) for the paired solve (for
   // tests).
   m.def("_cholesky_solve(Tensor U, Tensor b) -> Tensor");
+  // The own kernel of the CPU solvers' Gram-Schmidt pass (csrc/cpu/matvec.h) against the rows
+  // of V (rows, cols): (w - V^T h, h) with h = V w, for float32/float64 V and w (cols,) (for
+  // tests).
+  m.def("_gram_schmidt_pass(Tensor V, Tensor w) -> (Tensor, Tensor)");
 }
 
 namespace condnum {

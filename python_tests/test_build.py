@@ -20,9 +20,9 @@ ops = torch.ops.condnum
 
 #: Ops whose kernel does not depend on the device (a build flag, a setting, not a tensor op).
 DEVICE_INDEPENDENT = {"condnum::_built_with_cuda", "condnum::_matvec_choice"}
-#: The CPU solvers' own product and Cholesky-solve kernels, exposed for their tests: CPU only,
-#: no autograd.
-CPU_ONLY = {"condnum::_matvec", "condnum::_cholesky_solve"}
+#: The CPU solvers' own product, Gram-Schmidt and Cholesky-solve kernels, exposed for their
+#: tests: CPU only, no autograd.
+CPU_ONLY = {"condnum::_matvec", "condnum::_gram_schmidt_pass", "condnum::_cholesky_solve"}
 
 
 def _all_ops() -> set[str]:

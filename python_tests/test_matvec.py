@@ -1,7 +1,8 @@
-"""The CPU solvers' product S v: condnum's own kernel (``torch.ops.condnum._matvec``) against a
-float64 reference, which kernels the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an
-AMD CPU: the product and the shift-and-invert solve of test_cholesky_solve.py), and the
-native solvers under both, whichever the machine would pick."""
+"""The CPU solvers' product S v and Gram-Schmidt pass: condnum's own kernels
+(``torch.ops.condnum._matvec``, ``_gram_schmidt_pass``) against a float64 reference, which
+kernels the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an AMD CPU: the product, the
+Gram-Schmidt pass and the shift-and-invert solve of test_cholesky_solve.py), and the native
+solvers under both, whichever the machine would pick."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ ops = torch.ops.condnum
 
 @st.composite
 def products(draw):
-    """(A, x): shapes around the kernel's blocks (8 or 4 rows; 8 float32 or 4 float64
-    columns a register) and their tails, entries spread over `decades` orders of magnitude
-    with mixed signs."""
+    """(A, x): shapes around the kernels' blocks (8 or 4 rows; 8 float32 or 4 float64
+    columns a register; the Gram-Schmidt pass's tiles of 8 registers) and their tails,
+    entries spread over `decades` orders of magnitude with mixed signs."""
     rows = draw(st.integers(1, 70))
-    cols = draw(st.sampled_from([1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 64, 100, 257]))
+    cols = draw(
+        st.sampled_from([1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 257])
+    )
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     decades = draw(st.sampled_from([0.0, 6.0]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
@@ -63,7 +66,24 @@ def test_paired_matvec_gives_each_vector_the_single_products_bits(Ax, seed):
     assert torch.equal(y[0], ops._matvec(A, x)) and torch.equal(y[1], ops._matvec(A, x2))
 
 
-def test_own_matvec_is_the_same_at_any_thread_count():
+@given(products())
+def test_own_gram_schmidt_pass_is_within_the_rounding_bound(Vw):
+    """h = V w is the product kernel's, and each w_c - sum_r h_r V_rc (with that h) is within
+    2 gamma_{rows + 1} (|w_c| + sum_r |h_r V_rc|) of the float64 reference: one fused
+    multiply-add per row in the kernel, and as much rounding again in the reference when V
+    is float64."""
+    V, w = Vw
+    out, h = ops._gram_schmidt_pass(V, w)
+    assert out.dtype == h.dtype == V.dtype and out.shape == w.shape and h.shape == (V.shape[0],)
+    assert torch.equal(h, ops._matvec(V, w))
+    V64, w64, h64 = V.double(), w.double(), h.double()
+    n = V.shape[0] + 1
+    eps = torch.finfo(V.dtype).eps / 2
+    bound = 2 * n * eps / (1 - n * eps) * (w64.abs() + V64.abs().T @ h64.abs())
+    assert ((out.double() - (w64 - V64.T @ h64)).abs() <= bound).all()
+
+
+def test_own_kernels_are_the_same_at_any_thread_count():
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         A = torch.randn(1000, 768, generator=g, dtype=dtype)
@@ -71,21 +91,25 @@ def test_own_matvec_is_the_same_at_any_thread_count():
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
-            one = ops._matvec(A, x)
+            one = ops._matvec(A, x), *ops._gram_schmidt_pass(A[:128], x)
             torch.set_num_threads(2)
-            two = ops._matvec(A, x)
+            two = ops._matvec(A, x), *ops._gram_schmidt_pass(A[:128], x)
         finally:
             torch.set_num_threads(threads)
-        assert torch.equal(one, two)
+        assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
 
 
-def test_own_matvec_rejects_bad_shapes_and_dtypes():
+def test_own_kernels_reject_bad_shapes_and_dtypes():
     with pytest.raises(ValueError, match="A must be"):
         ops._matvec(torch.ones(3, 4), torch.ones(3))
     with pytest.raises(ValueError, match="A must be"):
         ops._matvec(torch.ones(3, 4), torch.ones(3, 4))  # three vectors: only pairs
     with pytest.raises(ValueError, match="must both be float32 or both float64"):
         ops._matvec(torch.ones(3, 4), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="V must be"):
+        ops._gram_schmidt_pass(torch.ones(3, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="must both be float32 or both float64"):
+        ops._gram_schmidt_pass(torch.ones(3, 4, dtype=torch.float64), torch.ones(4))
 
 
 def _mkl_on_amd() -> bool:

@@ -214,7 +214,8 @@ Lanczos<scalar_t>::Lanczos(int64_t d, int64_t max_steps, Operator apply,
       step_name_(step_name),
       d_(d),
       steps_(std::max<int64_t>(1, std::min(max_steps, d))),
-      eps_(std::numeric_limits<scalar_t>::epsilon()) {
+      eps_(std::numeric_limits<scalar_t>::epsilon()),
+      kernel_(matvec_choice()) {
   const auto o = opts.dtype(c10::CppTypeToScalarType<scalar_t>::value);
   V_ = at::empty({steps_ + 1, d}, o);
   w_ = at::empty({d}, o);
@@ -257,10 +258,9 @@ void Lanczos<scalar_t>::finish_step() {
   // v_0 .. v_j for what rounding left, repeated once when that pass cancelled more than
   // half of ||w||^2 (Daniel-Gragg-Kaufman-Stewart: "twice is enough"; a looser criterion
   // loses orthogonality). After the recurrence the full pass removes only rounding-level
-  // components, so the second one is rarely needed: one pass of two BLAS gemv on the basis
-  // rows (h = V_j w, then w -= V_j^T h) where subtracting nothing first took two.
-  const auto basis = V_.narrow(0, 0, j + 1);  // (j + 1, d)
-  auto h = h_.narrow(0, 0, j + 1);
+  // components, so the second one is rarely needed: one pass (h = V_j w, then
+  // w -= V_j^T h on the basis rows, gram_schmidt_pass) where subtracting nothing first took
+  // two.
   scalar_t* pw = w_.mutable_data_ptr<scalar_t>();
   const scalar_t* V = V_.const_data_ptr<scalar_t>();
   const scalar_t* pv = V + j * d;
@@ -276,8 +276,7 @@ void Lanczos<scalar_t>::finish_step() {
   const scalar_t* ph = h_.const_data_ptr<scalar_t>();
   double before = sum_squares(pw, d), after = before;
   for (int pass = 0; pass < 2; ++pass) {
-    at::mv_out(h, basis, w_);
-    at::addmv_out(w_, w_, basis.t(), h, /*beta=*/1, /*alpha=*/-1);
+    gram_schmidt_pass(V_, j + 1, w_, h_, kernel_);
     alpha += ph[j];
     after = sum_squares(pw, d);
     if (after > kSecondPass * before) break;

@@ -15,15 +15,17 @@
 // sharper r^2 / gap is unsafe while a cluster is unresolved, see ritz()), floored at the
 // rounding of the products A v (policy::product_floor), below which r keeps falling.
 // Cost per step: one operator application, O(d) for the recurrence, plus 4 m d flops (8 m d
-// with the rare second pass) through torch's BLAS (two gemv per pass on the contiguous
-// basis); a convergence check costs O(m) per Ritz value; memory (max_steps + 1) d,
-// allocated once.
+// with the rare second pass) by gram_schmidt_pass (two gemv per pass on the contiguous
+// basis, the product's kernel choice); a convergence check costs O(m) per Ritz value;
+// memory (max_steps + 1) d, allocated once.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cstdint>
 #include <functional>
 #include <vector>
+
+#include "cpu/matvec.h"
 
 namespace condnum {
 
@@ -128,6 +130,7 @@ class Lanczos {
   at::Tensor h_;  // (steps + 1,) Gram-Schmidt coefficients
   std::vector<double> alpha_, beta_, work_;
   double scale_ = 0, eps_;
+  Matvec kernel_;  // of the Gram-Schmidt passes: CONDNUM_MATVEC's choice when constructed
   bool invariant_ = false;
 };
 

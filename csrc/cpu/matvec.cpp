@@ -2,11 +2,15 @@
 
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 #include "cpu/avx2.h"
 
@@ -79,7 +83,46 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const T* A, int64_t cols, con
   for (; i + NR <= end; i += NR) row_block_avx2<T, K, NR>(A, cols, x, y, i);
   for (; i < end; ++i) row_block_avx2<T, K, 1>(A, cols, x, y, i);
 }
+
+// w_c -= sum_r h_r A_rc for columns c in [c0, c0 + NT L): NT registers of w kept while the
+// rows stream past, the rows in order, one fused multiply-add each.
+template <typename T, int NT>
+__attribute__((target("avx2,fma"))) void sub_columns_avx2(const T* A, int64_t rows, int64_t cols,
+                                                           const T* h, T* w, int64_t c0) {
+  using R = Avx2<T>;
+  constexpr int64_t L = R::lanes;
+  typename R::V acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = R::load(w + c0 + t * L);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto hr = R::broadcast(h[r]);
+    const T* a = A + r * cols + c0;
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[t] = R::fnma(R::load(a + t * L), hr, acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) R::store(w + c0 + t * L, acc[t]);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void sub_transposed_avx2(const T* A, int64_t rows,
+                                                              int64_t cols, const T* h, T* w) {
+  constexpr int64_t L = Avx2<T>::lanes;
+  int64_t c = 0;
+  for (; c + 8 * L <= cols; c += 8 * L) sub_columns_avx2<T, 8>(A, rows, cols, h, w, c);
+  for (; c + L <= cols; c += L) sub_columns_avx2<T, 1>(A, rows, cols, h, w, c);
+  for (; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) w[c] = std::fma(-h[r], A[r * cols + c], w[c]);
+}
 #endif
+
+// w -= A^T h, each w_c minus h_r A_rc in the order of the rows, one fused multiply-add each.
+template <typename T>
+void sub_transposed(const T* A, int64_t rows, int64_t cols, const T* h, T* w) {
+#ifdef CONDNUM_X86_DISPATCH
+  if (cpu_has_avx2_fma()) return sub_transposed_avx2<T>(A, rows, cols, h, w);
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) w[c] = std::fma(-h[r], A[r * cols + c], w[c]);
+}
 
 bool mkl_on_amd() {
 #if defined(CONDNUM_X86_DISPATCH) && AT_MKL_ENABLED()
@@ -164,6 +207,31 @@ void matvec2_out(at::Tensor& y1, at::Tensor& y2, const at::Tensor& A, const at::
   own_products<2>(A, {&x1, &x2}, {&y1, &y2});
 }
 
+void gram_schmidt_pass(const at::Tensor& V, int64_t rows, at::Tensor& w, at::Tensor& h,
+                       Matvec kind) {
+  // A profiler range whose inputs give the basis' shape (built only while profiling).
+  RECORD_FUNCTION("condnum::gram_schmidt_pass",
+                  std::vector<c10::IValue>({V.narrow(0, 0, rows), w}));
+  if (kind == Matvec::blas) {
+    const auto basis = V.narrow(0, 0, rows);
+    auto hr = h.narrow(0, 0, rows);
+    at::mv_out(hr, basis, w);
+    at::addmv_out(w, w, basis.t(), hr, /*beta=*/1, /*alpha=*/-1);
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(V.dim() == 2 && V.is_contiguous() && rows <= V.size(0) &&
+                        w.is_contiguous() && w.numel() == V.size(1) && h.is_contiguous() &&
+                        h.numel() >= rows && w.scalar_type() == V.scalar_type() &&
+                        h.scalar_type() == V.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "condnum::gram_schmidt_pass", [&] {
+    const scalar_t* a = V.const_data_ptr<scalar_t>();
+    const scalar_t* x[1] = {w.const_data_ptr<scalar_t>()};
+    scalar_t* y[1] = {h.mutable_data_ptr<scalar_t>()};
+    own_matvec<scalar_t, 1>(a, rows, V.size(1), x, y);
+    sub_transposed<scalar_t>(a, rows, V.size(1), y[0], w.mutable_data_ptr<scalar_t>());
+  });
+}
+
 namespace {
 
 // x: (cols,) -> A x, or (2, cols) -> its rows' products as rows, by the paired kernel.
@@ -188,8 +256,25 @@ at::Tensor own_matvec_op(const at::Tensor& A, const at::Tensor& x) {
   return y;
 }
 
+// (w - V^T h, h) with h = V w, by the own Gram-Schmidt pass.
+std::tuple<at::Tensor, at::Tensor> own_gram_schmidt_op(const at::Tensor& V, const at::Tensor& w) {
+  TORCH_CHECK_VALUE(V.dim() == 2 && w.dim() == 1 && w.size(0) == V.size(1),
+                    "condnum._gram_schmidt_pass: V must be (rows, cols) and w (cols,), got ",
+                    V.sizes(), " and ", w.sizes());
+  TORCH_CHECK_VALUE(V.scalar_type() == w.scalar_type() &&
+                        (V.scalar_type() == at::kFloat || V.scalar_type() == at::kDouble),
+                    "condnum._gram_schmidt_pass: V and w must both be float32 or both float64");
+  auto out = w.contiguous().clone();
+  auto h = at::empty({V.size(0)}, V.options());
+  gram_schmidt_pass(V.contiguous(), V.size(0), out, h, Matvec::own);
+  return {out, h};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(condnum, CPU, m) { m.impl("_matvec", &own_matvec_op); }
+TORCH_LIBRARY_IMPL(condnum, CPU, m) {
+  m.impl("_matvec", &own_matvec_op);
+  m.impl("_gram_schmidt_pass", &own_gram_schmidt_op);
+}
 
 }  // namespace condnum

@@ -1,11 +1,12 @@
-// y = A x on the CPU for a row-major A: the product of every plain Lanczos step.
+// y = A x on the CPU for a row-major A: the product of every plain Lanczos step; and the
+// Gram-Schmidt pass of every Lanczos step.
 //
 // torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
 // not Intel's: on an AMD EPYC (Zen 4, 2 threads, d = 768) torch.mv ran at about half the
 // speed of the loop below (float32 62 us against 33 us, float64 107 against 64). So on such
 // a CPU the solvers multiply by S here; elsewhere through torch (at::mv). The same choice
-// picks the shift-and-invert solve (cholesky_solve.h). CONDNUM_MATVEC=own|blas overrides it
-// (read at every solve, so a test can switch it).
+// picks the Gram-Schmidt passes (below) and the shift-and-invert solve (cholesky_solve.h).
+// CONDNUM_MATVEC=own|blas overrides it (read at every solve, so a test can switch it).
 //
 // own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for) and taken
 // several at a time, each row one dot product with one vector accumulator (AVX2 + FMA when
@@ -37,5 +38,14 @@ void matvec_out(at::Tensor& y, const at::Tensor& A, const at::Tensor& x, Matvec 
 // y1 = A x1 and y2 = A x2: one pass over A (own), or two products (blas).
 void matvec2_out(at::Tensor& y1, at::Tensor& y2, const at::Tensor& A, const at::Tensor& x1,
                  const at::Tensor& x2, Matvec kind);
+
+// One classical Gram-Schmidt pass of w against the first `rows` rows of the contiguous basis
+// V (rows of length w.numel()): h[0:rows] = V w, then w -= V^T h, both through the kernel
+// named by kind (own: the product above, then w_c minus each h_r V_rc in the rows' order,
+// one fused multiply-add each, on one thread; blas: at::mv and at::addmv). The own pass
+// saves torch's per-call work, a large part of a Lanczos step's reorthogonalisation at
+// d ~ 10^3.
+void gram_schmidt_pass(const at::Tensor& V, int64_t rows, at::Tensor& w, at::Tensor& h,
+                       Matvec kind);
 
 }  // namespace condnum
