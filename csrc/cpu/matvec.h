@@ -2,8 +2,8 @@
 // Gram-Schmidt pass of every Lanczos step.
 //
 // torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
-// not Intel's: on an AMD EPYC (Zen 4, 2 threads, d = 768) torch.mv ran at about half the
-// speed of the loop below (float32 62 us against 33 us, float64 107 against 64). So on such
+// not Intel's: on an AMD EPYC (Zen 4, d = 768) torch.mv on 2 threads ran at about half the
+// speed of the loop below on one (float32 62 us against 33 us, float64 107 against 64). So on such
 // a CPU the solvers multiply by S here; elsewhere through torch (at::mv). The same choice
 // picks the Gram-Schmidt passes (below) and the shift-and-invert solve (cholesky_solve.h).
 // CONDNUM_MATVEC=own|blas overrides it (read at every solve, so a test can switch it).
@@ -12,9 +12,9 @@
 // several at a time, each row one dot product with one vector accumulator (AVX2 + FMA when
 // the CPU has them, else 4 scalar partial sums) whose lanes are summed in a fixed order:
 // bitwise the same result at any thread count. The paired product (matvec2_out) loads each
-// row once for two vectors: it costs 1.1-1.3x one product through this kernel, about one
-// torch.mv (AMD EPYC Zen 3, 2 threads, d = 768 to 4096), and each vector's result is bitwise
-// the one the single product gives.
+// row once for two vectors: it costs 1.0-1.3x one product through this kernel, 0.34-0.71x
+// one torch.mv (AMD EPYC Zen 3, 2 threads, d = 768 to 4096), and each vector's result is
+// bitwise the one the single product gives.
 #pragma once
 #include <ATen/ATen.h>
 
