@@ -37,6 +37,14 @@ void rows_portable(const T* A, int64_t cols, const T* const* x, T* const* y, int
   }
 }
 
+// w_c -= sum_r h_r A_rc for columns c >= c0, the rows in order, one fused multiply-add each:
+// the Gram-Schmidt subtraction's fallback and the tail of its AVX2 form.
+template <typename T>
+void sub_columns_plain(const T* A, int64_t rows, int64_t cols, const T* h, T* w, int64_t c0) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < cols; ++c) w[c] = std::fma(-h[r], A[r * cols + c], w[c]);
+}
+
 #ifdef CONDNUM_X86_DISPATCH
 // Rows i .. i + NR - 1: for each row and each of the K vectors one accumulator over the
 // row's blocks of one register, the lanes summed in a fixed order, then the scalar tail.
@@ -109,8 +117,7 @@ __attribute__((target("avx2,fma"))) void sub_transposed_avx2(const T* A, int64_t
   int64_t c = 0;
   for (; c + 8 * L <= cols; c += 8 * L) sub_columns_avx2<T, 8>(A, rows, cols, h, w, c);
   for (; c + L <= cols; c += L) sub_columns_avx2<T, 1>(A, rows, cols, h, w, c);
-  for (; c < cols; ++c)
-    for (int64_t r = 0; r < rows; ++r) w[c] = std::fma(-h[r], A[r * cols + c], w[c]);
+  sub_columns_plain(A, rows, cols, h, w, c);
 }
 #endif
 
@@ -120,8 +127,7 @@ void sub_transposed(const T* A, int64_t rows, int64_t cols, const T* h, T* w) {
 #ifdef CONDNUM_X86_DISPATCH
   if (cpu_has_avx2_fma()) return sub_transposed_avx2<T>(A, rows, cols, h, w);
 #endif
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) w[c] = std::fma(-h[r], A[r * cols + c], w[c]);
+  sub_columns_plain(A, rows, cols, h, w, 0);
 }
 
 bool mkl_on_amd() {
