@@ -34,6 +34,11 @@ SCRIPTS = [
         ["d", "dtype", "k", "mv_ms", "cols_ms", "rows_ms", "best_over_mv", "panels_over_mv"],
     ),
     (
+        "bench_cholesky_solve.py",
+        ["--thread-counts", "1", "2"],
+        ["d", "threads", "own_one_ms", "own_two_ms", "lapack_two_ms", "own_over_lapack"],
+    ),
+    (
         "bench_block_lanczos.py",
         ["--dtype", "float64", "--blocks", "1", "2"],
         ["d", "dtype", "steps", "passes", "passes_1", "err_1", "product_1", "est_1", "est_2"],

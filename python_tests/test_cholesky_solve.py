@@ -1,8 +1,8 @@
 """The CPU solvers' own Cholesky solve (``torch.ops.condnum._cholesky_solve``), the operator of
 their shift-and-invert runs: (U^T U)^{-1} b for one right-hand side or two in one pass,
 against the backward-error bound of two triangular solves, bit for bit between the paired
-and the single solve, and never reading below U's diagonal. The solvers under either kernel
-are tested in test_matvec.py (``CONDNUM_MATVEC`` picks both)."""
+and the single solve and at any thread count, and never reading below U's diagonal. The
+solvers under either kernel are tested in test_matvec.py (``CONDNUM_MATVEC`` picks both)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ ops = torch.ops.condnum
 @st.composite
 def factors(draw):
     """(U, b): U upper triangular with a positive diagonal, d around the kernel's blocks of 4
-    rows and 4 lanes and their tails, entries spread over `decades` orders of magnitude;
-    b (2, d)."""
-    d = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 31, 64, 101]))
+    rows and 4 lanes, its panels of 64 rows and their tails; U = D T with T's off-diagonal
+    entries of size 1/sqrt(d) (so x stays finite at every d) and D's over `decades` orders of
+    magnitude; b (2, d)."""
+    d = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 31, 64, 65, 101, 130, 257]))
     decades = draw(st.sampled_from([0.0, 3.0]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    U = torch.triu(torch.randn(d, d, generator=g, dtype=torch.float64))
-    scale = 10.0 ** (-decades * torch.rand(d, generator=g, dtype=torch.float64))
-    U.diagonal().copy_((U.diagonal().abs() + 0.5) * scale)
+    T = torch.triu(torch.randn(d, d, generator=g, dtype=torch.float64), 1) / d**0.5
+    T.diagonal().copy_(torch.randn(d, generator=g, dtype=torch.float64).abs() + 0.5)
+    U = T * 10.0 ** (-decades * torch.rand(d, 1, generator=g, dtype=torch.float64))
     b = torch.randn(2, d, generator=g, dtype=torch.float64)
     return U, b
 
@@ -50,6 +51,28 @@ def test_paired_cholesky_solve_gives_each_vector_the_single_solves_bits(Ub):
     assert torch.equal(x[0], ops._cholesky_solve(U, b[0])) and torch.equal(
         x[1], ops._cholesky_solve(U, b[1])
     )
+
+
+@pytest.mark.parametrize("d", [520, 777])
+def test_cholesky_solve_is_the_same_at_any_thread_count(d):
+    """From d = 512 the panels' work is split across torch's threads (two from 512, three
+    from 768): the sums' order is fixed by the panels, so every thread count gives the same
+    bits, for one right-hand side and for two."""
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(d, d, generator=g, dtype=torch.float64)
+    U = torch.linalg.cholesky(X @ X.T / d + torch.eye(d, dtype=torch.float64)).mT.contiguous()
+    b = torch.randn(2, d, generator=g, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        solves = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            solves.append((ops._cholesky_solve(U, b), ops._cholesky_solve(U, b[0])))
+    finally:
+        torch.set_num_threads(threads)
+    for pair, single in solves[1:]:
+        assert torch.equal(pair, solves[0][0]) and torch.equal(single, solves[0][1])
+    assert torch.equal(solves[0][0][0], solves[0][1])
 
 
 def test_cholesky_solve_reads_only_the_upper_triangle():

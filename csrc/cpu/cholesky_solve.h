@@ -7,15 +7,18 @@
 // the solutions.
 //
 // Kernels, by the choice that picks the product (matvec.h): `blas` calls LAPACK's trsm twice
-// (U^T y = b, then U x = y); `own` runs the two substitutions here, rows of U in blocks of
-// 4: U^T y = b by column sweeps (y_i = b_i / u_ii, then b_j -= y_i u_ij for j > i), the
-// trailing update of each block one pass over its 4 rows for every right-hand side; U x = y
-// by dot products of each block's 4 rows with the solved tail, then the block's triangle.
-// Each right-hand side's arithmetic is the same whether it is solved alone or with another
-// (bitwise the same x), and the order is fixed (bitwise the same at any thread count: it is
-// one thread). Why: MKL takes a generic path on AMD CPUs, where its trsm with two
-// right-hand sides cost 2.2-4.2x one (AMD EPYC Zen 3, d = 768 and 2048, 1 thread), while
-// these loops solve two for 1.2-1.3x the cost of one.
+// (U^T y = b, then U x = y); `own` runs the two substitutions here, in panels of 64 rows, the
+// rows within a panel in blocks of 4: U^T y = b by column sweeps (y_i = b_i / u_ii, then
+// b_j -= y_i u_ij for j > i, one pass over each block's 4 rows for every right-hand side);
+// U x = y by dot products of each row with the solved x_j, summed per panel. One thread solves
+// each panel's triangle while the others (torch's intra-op threads, from d = 512) apply the
+// panel before it to the rest, one barrier per panel. Each right-hand side's arithmetic is
+// the same whether it is solved alone or with another (bitwise the same x), and the order of
+// every sum is fixed by the panels (bitwise the same at any thread count). Why: MKL takes a
+// generic path on AMD CPUs, where its trsm with two right-hand sides cost 2.2-4.2x one (AMD
+// EPYC Zen 3, d = 768 and 2048, 1 thread), while these loops solve two for 1.2-1.3x the cost
+// of one; a second thread takes 1.3x (d = 768) to 1.5-1.9x (d = 2048, 4096) off a paired
+// solve, where the panels cost 0-16 % on one thread (bench/bench_cholesky_solve.py).
 #pragma once
 #include <ATen/ATen.h>
 
