@@ -184,8 +184,9 @@ def below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Te
     to float64 rounding (Sylvester's law of inertia); no value leaves the device.
     """
     scale = lam_max.double().clamp_min(torch.finfo(torch.float64).tiny)
-    eye = torch.eye(S.shape[0], dtype=torch.float64, device=S.device)
-    return torch.linalg.cholesky_ex(S.detach().double() / scale - rtol * eye).info != 0
+    A = (S.detach().double() / scale).contiguous()
+    A.view(-1)[:: S.shape[0] + 1] -= rtol  # the diagonal, in place: no identity matrix
+    return torch.linalg.cholesky_ex(A).info != 0
 
 
 def floored_min(
