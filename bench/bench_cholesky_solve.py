@@ -6,8 +6,8 @@ own kernel, float64) with one right-hand side and with two in one pass (a run an
 check); `lapack_one_ms` / `lapack_two_ms`: two ``torch.linalg.solve_triangular`` on the same
 factor (``trsm`` of the machine's BLAS, the calls the native kernel makes under
 ``CONDNUM_MATVEC=blas``; ``torch.cholesky_solve`` took 12x longer at d = 2048 on MKL on an
-AMD EPYC). `own_over_lapack` compares the paired
-forms; `threads_gain` is the fewest threads' own_two_ms over this row's (same d). The
+AMD EPYC). `own_over_lapack` compares the paired forms; `threads_gain` is the fewest
+threads' own_two_ms over this row's (same d). The
 factor is that of the geometric test matrix (kappa 1e4) shifted as the solvers shift it.
 Each result is checked against float64 ``torch.linalg.solve`` before it is timed. Run the
 script in two builds' environments, alternately, to compare builds (`--compare`).

@@ -215,7 +215,10 @@ int solve_threads(int64_t d) {
 
 template <int K>
 void solve_avx2(const double* U, int64_t d, double* x) {
-  std::vector<double> dots(K * d, 0.0);
+  // The back substitution's dot products: the calling thread's buffer, kept across solves
+  // (one per shift-and-invert step) so that a step allocates nothing.
+  thread_local std::vector<double> dots;
+  dots.assign(K * d, 0.0);
   double *rows[K], *dot[K];
   for (int k = 0; k < K; ++k) {
     rows[k] = x + k * d;

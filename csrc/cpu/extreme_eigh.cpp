@@ -92,8 +92,9 @@ at::Tensor with_sign_convention(at::Tensor u) {
 
 // Estimated cost of the shift-and-invert solve (a float64 Cholesky plus ~40 pairs of
 // triangular solves), in units of one plain Lanczos step (a product with S in its dtype,
-// memory-bound). Measured on x86 CPUs: a float64 Cholesky costs ~d/9 float64 products on
-// one thread (LAPACK scales with threads, the product does not), a solve pair ~1.3;
+// memory-bound). Measured on x86 CPUs with the own product and solves on one thread: a
+// float64 Cholesky costs ~d/9 float64 products on one thread (LAPACK scales with threads,
+// those loops then did not), a solve pair ~1.3;
 // float32 products are ~1.8x cheaper than float64 ones.
 double shift_invert_cost(int64_t d, at::ScalarType dtype) {
   const double threads = std::max(1, at::get_num_threads());
