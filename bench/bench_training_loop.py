@@ -13,13 +13,13 @@ Both start from the same Z with the same learning rate (a relative step of 1e-3 
 run, in the same process) and `loss_err` the relative difference of the final losses.
 
 The parts table times each part of one step alone (medians) in the state the timed run
-ended in (its features, the modules' warm-start vectors, RIll's solve precision): the Gram
-(SYRK), the eigen-solves (RIll's extreme_eigh and RWell's top_eigh, warm-started as in the
-loop; eigvalsh twice for the reference), RIll's floor test (a float64 Cholesky), the
-regularizer values and the loss's backward (autograd: the regularizers' d x d gradients and
-the Gram's GEMM Z (G + G^T)); `other` is the rest of the step (SGD update, module
-bookkeeping). floor_speedup = reference step / (gram + backward): the best ratio a free
-eigen-solve and floor test would give.
+ended in (its features, the modules' warm-start vectors, RIll's solve precision and
+tolerance): the Gram (SYRK), the eigen-solves (RIll's floored_min, whose float64 Cholesky
+is both the floor test and the shift-and-invert factor, and RWell's top_eigh, warm-started
+as in the loop; eigvalsh twice for the reference), the regularizer values and the loss's
+backward (autograd: the regularizers' d x d gradients and the Gram's GEMM Z (G + G^T));
+`other` is the rest of the step (SGD update, module bookkeeping). floor_speedup =
+reference step / (gram + backward): the best ratio free eigen-solves would give.
 
     python bench/bench_training_loop.py --quick
     python bench/bench_training_loop.py --d 768 --N 4096 1536
@@ -84,21 +84,22 @@ def parts(
 ) -> dict:
     """Each part of one step timed alone at Z with the modules' state (module doc)."""
     S = F.gram(Z)
-    S_ill = S.double() if loss.r_ill.float64 else S  # RIll's solve precision
+    # RIll's solve precision and tolerance at the last step
+    S_ill = S.double() if loss.r_ill.last["float64"] else S
+    tol_ill = loss.r_ill.last["tol"]
     rtol = dtype_rtol(S_ill)
     warm_ill = {"v0_min": loss.r_ill.u_min, "v0_max": loss.r_ill.u_max}
-    lam_min, lam_max, u_min, _ = F.extreme_eigh(S_ill, rtol=rtol / 2, **warm_ill)
+    m = F.floored_min(S_ill, rtol, tol=tol_ill, **warm_ill)
+    lam_min, u_min = m.lam, m.u
     top, u_max = F.top_eigh(S, v0=loss.r_well.u_max)
     gram_ms = H.timeit(lambda: F.gram(Z), mrt)
-    # floored_min's solve (down to half the floor) and RWell's, without the floor test
     solve_ms = H.timeit(
         lambda: (
-            F.extreme_eigh(S_ill, rtol=rtol / 2, **warm_ill),
+            F.floored_min(S_ill, rtol, tol=tol_ill, **warm_ill),
             F.top_eigh(S, v0=loss.r_well.u_max),
         ),
         mrt,
     )
-    floor_ms = H.timeit(lambda: F.below_floor(S_ill, lam_max, rtol), mrt)
     k = S.shape[0]
     reg_ms = H.timeit(
         lambda: (ops.r_ill(S_ill, lam_min, u_min, k), ops.r_well(S, top, u_max, k)), mrt
@@ -113,11 +114,10 @@ def parts(
         "ours_step_ms": ours_step_ms,
         "gram_ms": gram_ms,
         "eigensolve_ms": solve_ms,
-        "floor_test_ms": floor_ms,
         "regularizer_ms": reg_ms,
         "backward_ms": backward_ms,
         "backward_gemm_ms": gemm_ms,
-        "other_ms": ours_step_ms - gram_ms - solve_ms - floor_ms - reg_ms - backward_ms,
+        "other_ms": ours_step_ms - gram_ms - solve_ms - reg_ms - backward_ms,
         "reference_step_ms": ref_step_ms,
         "ref_eigvalsh_x2_ms": 2 * eigvalsh_ms,
         "floor_speedup": ref_step_ms / (gram_ms + backward_ms),

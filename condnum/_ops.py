@@ -107,16 +107,22 @@ def _covariance_fake(theta, K):
 
 
 @torch.library.register_fake("condnum::extreme_eigh")
-def _extreme_eigh_fake(S, num_iters, rtol, tol, v0_min, v0_max):
-    check_square(S, "extreme_eigh")
-    check_budget(num_iters, tol, "extreme_eigh")
+def _extreme_eigh_fake(S, num_iters, rtol, tol, v0_min, v0_max, op="extreme_eigh"):
+    check_square(S, op)
+    check_budget(num_iters, tol, op)
     if not (rtol >= 0 and rtol < 1):
-        fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol}")
-    check_vector_for(v0_max, S, "extreme_eigh", "v0_max")
-    check_vector_for(v0_min, S, "extreme_eigh", "v0_min")
+        fail(op, f"rtol must be in [0, 1), got {rtol}")
+    check_vector_for(v0_max, S, op, "v0_max")
+    check_vector_for(v0_min, S, op, "v0_min")
     d = S.shape[0]
     err = S.new_empty((), dtype=torch.float64)
     return S.new_empty(()), S.new_empty(()), S.new_empty((d,)), S.new_empty((d,)), err
+
+
+@torch.library.register_fake("condnum::floored_min")
+def _floored_min_fake(S, num_iters, rtol, tol, v0_min, v0_max):
+    *eigh, err = _extreme_eigh_fake(S, num_iters, rtol, tol, v0_min, v0_max, op="floored_min")
+    return (*eigh, err, S.new_empty((), dtype=torch.bool))
 
 
 @torch.library.register_fake("condnum::top_eigh")

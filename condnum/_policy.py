@@ -74,6 +74,11 @@ def with_output_rounding(err: float, dtype: torch.dtype) -> float:
     return max(err, 0.5 * torch.finfo(dtype).eps) if err > 0 else err
 
 
+def cholesky_shift(rtol: float, d: int, lam_max: float) -> float:
+    """tau = max(rtol, TAU_D_EPS * d * eps64) * lam_max (policy::cholesky_shift)."""
+    return max(rtol, TAU_D_EPS * d * torch.finfo(torch.float64).eps) * lam_max
+
+
 def indefinite_floor(dtype: torch.dtype) -> float:
     """Eigenvalues down to ``-indefinite_floor(S.dtype) * lam_max`` are rounding (a Gram matrix
     formed in S's dtype): plain Lanczos' indefiniteness test, and how far the Cholesky shift

@@ -29,6 +29,7 @@ import torch
 from condnum import _policy
 from condnum._ops import check_square, ops, resolve_k
 from condnum.defaults import DEFAULT_NUM_ITERS, DEFAULT_TOL, dtype_rtol
+from condnum.portable.fixed_budget import below_floor
 
 __all__ = [
     "gram",
@@ -40,6 +41,7 @@ __all__ = [
     "r_well",
     "floored_min",
     "FlooredMin",
+    "below_floor",
     "Edge",
     "DEFAULT_NUM_ITERS",
     "DEFAULT_TOL",
@@ -177,18 +179,6 @@ class FlooredMin(NamedTuple):
     saturated: torch.Tensor  #: 0-dim bool: some eigenvalue lies at or below the floor
 
 
-def below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Tensor:
-    """``lam_1(S) <= rtol * lam_max`` (0-dim bool), by a float64 Cholesky of ``S/lam_max - rtol I``.
-
-    The factorisation succeeds exactly when ``S - rtol lam_max I`` is positive definite, up
-    to float64 rounding (Sylvester's law of inertia); no value leaves the device.
-    """
-    scale = lam_max.double().clamp_min(torch.finfo(torch.float64).tiny)
-    A = (S.detach().double() / scale).contiguous()
-    A.view(-1)[:: S.shape[0] + 1] -= rtol  # the diagonal, in place: no identity matrix
-    return torch.linalg.cholesky_ex(A).info != 0
-
-
 def floored_min(
     S: torch.Tensor,
     rtol: float | None = None,
@@ -207,21 +197,23 @@ def floored_min(
     floor itself, so it is continuous in ``S`` and ``kappa = lam_max / lam`` saturates at
     ``1/rtol``. Its derivative is ``u u^T`` with ``u = u_min`` in range and
     ``u = sqrt(rtol) u_max`` at the floor (``d(rtol lam_max) = rtol u_max^T dS u_max``).
-    Cost: :func:`extreme_eigh` plus one float64 Cholesky (``d^3 / 3``) to test the floor.
+    ``saturated`` is decided by a float64 Cholesky of ``S - rtol lam_max I`` (it succeeds
+    exactly when every eigenvalue is above the floor, up to float64 rounding; Sylvester's law
+    of inertia), and in range ``lam_1`` comes from shift-and-invert Lanczos through that
+    same factor (``condnum::floored_min``). Cost: Lanczos for ``lam_max``, one float64
+    Cholesky (``d^3 / 3``), and in range the shift-and-invert steps; with ``tol = 0`` (a
+    fixed budget) :func:`extreme_eigh`'s one Krylov space plus :func:`below_floor`.
     """
     S = _as_float(S).detach()
     check_square(S, "floored_min")
     num_iters, tol = _budget(S, num_iters, tol)
     rtol = dtype_rtol(S) if rtol is None else rtol
-    # The solve looks down to half the floor, so that an eigenvalue the Cholesky test puts
-    # (by rounding) just above the floor is the one returned.
-    lam_min, lam_max, u_min, u_max, err = ops.extreme_eigh(
-        S, num_iters, rtol / 2, tol, v0_min, v0_max
+    lam_min, lam_max, u_min, u_max, err, saturated = ops.floored_min(
+        S, num_iters, rtol, tol, v0_min, v0_max
     )
-    saturated = below_floor(S, lam_max, rtol)
     # lam_min is unused at the floor: its accuracy matters only in range
     if not torch.compiler.is_compiling() and S.device.type == "cpu" and not bool(saturated):
-        _check_converged(err, tol, "extreme_eigh", num_iters, S.dtype)
+        _check_converged(err, tol, "floored_min", num_iters, S.dtype)
     floor = lam_max * rtol
     lam = torch.where(saturated, floor, torch.maximum(lam_min, floor))
     u = torch.where(saturated, u_max * math.sqrt(rtol), u_min)

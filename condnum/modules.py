@@ -14,7 +14,8 @@ With ``kappa_target`` it stops pushing (zero gradient, value kept) once
 ``kappa >= kappa_target`` or kappa has reached the measurable ceiling ``1/rtol``. float32
 (and half) features whose kappa comes within ``PROMOTE_MARGIN`` of what a float32 Gram
 resolves are solved in float64 from then on (the Gram of the same features, formed in
-float64; ``self.float64`` tells). Each module warns once per kind of event (a rank-deficient
+float64; ``self.float64`` tells), to float32's tolerance unless ``tol`` is given (the value
+is returned in float32). Each module warns once per kind of event (a rank-deficient
 batch, an eigenvalue at the floor). Host synchronisation: one small device-to-host copy per
 ``RIll`` call (kappa and the floor flag, for the warnings and the float64 switch); none under
 ``torch.compile``.
@@ -166,7 +167,8 @@ class RIll(_SpectralRegularizer):
 
     After each call (outside ``torch.compile``) ``self.last`` holds ``kappa`` (as
     ``R_ill`` sees it: ``sigma_max / sigma_min``), ``saturated`` (an eigenvalue at the
-    floor), ``active`` (the term still pushes) and ``float64`` (the solve's precision).
+    floor), ``active`` (the term still pushes), ``float64`` (the solve's precision) and
+    ``tol`` (the solve's tolerance; None: the default of its dtype).
     """
 
     def __init__(
@@ -199,7 +201,9 @@ class RIll(_SpectralRegularizer):
         )
         with torch.no_grad():
             warm = {"v0_min": self._warm(self.u_min, S), "v0_max": self._warm(self.u_max, S)}
-            opts = {"num_iters": self.num_iters, "tol": self.tol}
+            # a promoted solve keeps float32's tolerance: its value is returned in float32
+            tol = F.DEFAULT_TOL[torch.float32] if promoted and self.tol is None else self.tol
+            opts = {"num_iters": self.num_iters, "tol": tol}
             if self.edge == "floor":
                 m = F.floored_min(S, rtol, **opts, **warm)
                 lam, u, lam_max, u_min, u_max, saturated = m
@@ -214,13 +218,15 @@ class RIll(_SpectralRegularizer):
         if promoted:  # the value keeps the dtype it had before the switch
             r = r.to(torch.float32)
         if not torch.compiler.is_compiling() and S.device.type != "meta":
-            self._observe(kappa, saturated, active, S.dtype, n, target, rtol)
+            self._observe(kappa, saturated, active, S.dtype, n, target, rtol, tol)
         return torch.where(active, r, r.detach())
 
-    def _observe(self, kappa, saturated, active, dtype, n, target, rtol) -> None:
+    def _observe(self, kappa, saturated, active, dtype, n, target, rtol, tol) -> None:
         """Host side: record the call, switch float32 solves to float64, warn once per event."""
         kappa_h, sat, act = torch.stack([kappa, saturated.double(), active.double()]).tolist()
-        self.last = dict(kappa=kappa_h, saturated=bool(sat), active=bool(act), float64=self.float64)
+        self.last = dict(
+            kappa=kappa_h, saturated=bool(sat), active=bool(act), float64=self.float64, tol=tol
+        )
         ceiling32 = 1.0 / (n * _EPS32)  # what a float32 S resolves
         if dtype == torch.float32 and (self.rtol is None or self.rtol < 1 / ceiling32):
             near = kappa_h >= PROMOTE_MARGIN * ceiling32

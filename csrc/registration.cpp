@@ -19,6 +19,12 @@ TORCH_LIBRARY(condnum, m) {
   m.def(
       "extreme_eigh(Tensor S, int num_iters, float rtol, float tol, Tensor? v0_min, "
       "Tensor? v0_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The bottom of the spectrum floored at sigma = rtol * lam_max (what R_ill's floor needs):
+  // (lam_min, lam_max, u_min, u_max, err, saturated); saturated (bool): lam_1 <= sigma by a
+  // float64 Cholesky of S - sigma I, lam_min = sigma then, else lam_1 through that factor.
+  m.def(
+      "floored_min(Tensor S, int num_iters, float rtol, float tol, Tensor? v0_min, "
+      "Tensor? v0_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Top eigenpair only (what R_well needs): (lam_max, u_max, err).
   m.def("top_eigh(Tensor S, int num_iters, float tol, Tensor? v0) -> (Tensor, Tensor, Tensor)");
   // R_ill = 1 / (||S||_F^2 / (2k) - lam_min^2 / 2) and its gradient w.r.t. S.

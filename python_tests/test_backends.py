@@ -214,6 +214,35 @@ def test_backends_agree_on_eigenpairs_and_regularizers(case, request):
         torch.testing.assert_close(b, a, rtol=0, atol=8 * torch.finfo(dtype).eps * a.abs().max())
 
 
+@pytest.mark.parametrize("case", AGREEMENT_CASES, ids=str)
+@pytest.mark.parametrize("side", [0.5, 2.0])  # the floor at half the bottom, or at twice it
+def test_backends_agree_on_the_floor(case, side):
+    """The floor relative to the smallest nonzero eigenvalue (a null space, when there is
+    one, is always below it: saturated)."""
+    S, range_rtol = _case(*case)
+    ref_min, ref_max = reference.float64_extremes(S, range_rtol)
+    rtol = side * ref_min / ref_max
+    if not rtol > 100 * S.shape[0] * torch.finfo(S.dtype).eps:
+        pytest.skip("a floor at rounding level: the spectrum does not decide the side")
+    saturated = side > 1 or case[3] > 0
+    out = {}
+    for name in ("native", "portable"):
+        with condnum.backend(name):
+            out[name] = ops.floored_min(S, 128, rtol, F.DEFAULT_TOL[S.dtype], None, None)
+    tol = eig_rtol(S, range_rtol)
+    for name, (lam_min, lam_max, _, _, err, sat) in out.items():
+        assert bool(sat) == saturated, name
+        assert err.item() <= F.DEFAULT_TOL[S.dtype], name
+        assert rel_err(lam_max.item(), ref_max) <= tol, name
+        expected = rtol * lam_max.item() if saturated else ref_min
+        assert rel_err(lam_min.item(), expected) <= tol, name
+    native, portable = out.values()
+    for a, b in zip(native[:2], portable[:2], strict=True):
+        assert rel_err(a.item(), b.item()) <= 2 * tol
+    if not saturated:  # u_min is lam_1's eigenvector, with the same sign convention
+        assert (native[2].double() @ portable[2].double()).item() >= 1 - 1e-2
+
+
 @pytest.mark.parametrize("panel", [None, 7, 300])  # the CPU's 128, a small one, one panel
 @pytest.mark.parametrize("d", [1, 5, 127, 128, 129, 300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,7 +1,8 @@
 """What the build registered, read from torch's dispatcher.
 
 Every condnum op has a CPU kernel and, in a CUDA build (``condnum.built_with_cuda()``), a
-CUDA kernel: checked in the dispatch table, so a CUDA build is verified on a machine
+CUDA kernel (``floored_min`` aside: the portable one serves it on CUDA): checked in the
+dispatch table, so a CUDA build is verified on a machine
 without a GPU. The fake (meta) kernels pass ``torch.library.opcheck`` on meta tensors,
 where no device kernel runs. Importing condnum does not initialise CUDA.
 """
@@ -23,6 +24,9 @@ DEVICE_INDEPENDENT = {"condnum::_built_with_cuda", "condnum::_matvec_choice"}
 #: The CPU solvers' own product, Gram-Schmidt and Cholesky-solve kernels, exposed for their
 #: tests: CPU only, no autograd.
 CPU_ONLY = {"condnum::_matvec", "condnum::_gram_schmidt_pass", "condnum::_cholesky_solve"}
+#: Ops without a hand-written CUDA kernel: the portable implementation serves them on CUDA
+#: under every backend (a CUDA kernel would compose the unverified CUDA solver's pieces).
+PORTABLE_ON_CUDA = {"condnum::floored_min"}
 
 
 def _all_ops() -> set[str]:
@@ -50,6 +54,7 @@ def _meta_calls(dtype: torch.dtype) -> list[tuple[torch._ops.OpOverload, tuple]]
         (ops.extreme_eigh.default, (t(6, 6, grad=True), 32, 1e-6, 1e-6, None, None)),
         (ops.extreme_eigh.default, (t(6, 6), 32, 1e-6, 1e-6, t(6), t(6))),
         (ops.top_eigh.default, (t(6, 6, grad=True), 32, 1e-6, None)),
+        (ops.floored_min.default, (t(6, 6), 32, 1e-6, 1e-6, t(6), t(6))),
         (ops.r_ill.default, (t(6, 6, grad=True), lam_min, u_min, 10)),
         (ops.r_well.default, (t(6, 6, grad=True), lam_max, u_max, 10)),
         (ops._r_ill_backward.default, (t(), t(6, 6), t(), lam_min, u_min, 10)),
@@ -67,9 +72,14 @@ def test_every_op_has_a_cpu_kernel():
 def test_every_op_has_a_cuda_kernel_in_a_cuda_build():
     if not condnum.built_with_cuda():
         pytest.skip("condnum was built without its CUDA kernels (CPU torch or CONDNUM_CUDA=OFF)")
-    names = _tensor_ops()
+    names = sorted(set(_tensor_ops()) - PORTABLE_ON_CUDA)
     missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA")]
     assert not missing, f"ops without a CUDA kernel: {missing}"
+    with condnum.backend("native"):  # no portable override on the CUDA key
+        for name in PORTABLE_ON_CUDA:
+            assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
+            table = torch._C._dispatch_dump(name)
+            assert "CompositeExplicitAutograd[alias]: registered at" in table
     assert "CUDA: registered at" in torch._C._dispatch_dump("condnum::extreme_eigh")
 
 

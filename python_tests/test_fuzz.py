@@ -328,7 +328,7 @@ def test_gram_of_special_values(n, d, dtype, value, where, seed):
     if bad.any():
         with pytest.raises(ValueError, match=r"condnum\.extreme_eigh: S contains NaN or Inf"):
             F.extreme_eigh(S)
-        for module, op in ((condnum.RIll, "extreme_eigh"), (condnum.RWell, "top_eigh")):
+        for module, op in ((condnum.RIll, "floored_min"), (condnum.RWell, "top_eigh")):
             with pytest.raises(ValueError, match=rf"condnum\.{op}: S contains NaN or Inf"):
                 module()(Z)
 
@@ -491,10 +491,15 @@ def test_non_finite_S_is_refused_by_every_entry_point(d, dtype, value, i, j, sym
     calls = {
         "extreme_eigh": [
             lambda: F.extreme_eigh(S),
-            lambda: condnum.RIll(input="gram")(S),
             lambda: F.condition_number(S),
-            lambda: F.r_ill(S),
+            lambda: F.r_ill(S, edge="range"),
             lambda: ops.extreme_eigh(S, 8, 0.0, 1e-4, None, None),
+        ],
+        "floored_min": [
+            lambda: F.floored_min(S),
+            lambda: condnum.RIll(input="gram")(S),
+            lambda: F.r_ill(S),
+            lambda: ops.floored_min(S, 8, 0.0, 1e-4, None, None),
         ],
         "top_eigh": [
             lambda: F.top_eigh(S),

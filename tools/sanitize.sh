@@ -24,8 +24,8 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export CONDNUM_MATVEC=own
 cd "$root/python_tests"  # not the repository root: import the installed, sanitized package
 if [ $# -eq 0 ]; then  # the native kernels only: the portable path has no C++ to sanitize
-  set -- test_gram.py test_extreme_eigh.py test_regularizers.py test_hardening.py test_fuzz.py \
-    test_regressions.py test_matvec.py test_cholesky_solve.py \
+  set -- test_gram.py test_extreme_eigh.py test_floored_min.py test_regularizers.py \
+    test_hardening.py test_fuzz.py test_regressions.py test_matvec.py test_cholesky_solve.py \
     -k "not portable"
 fi
 "$venv/bin/pytest" -q -p no:cacheprovider "$@"

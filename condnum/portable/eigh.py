@@ -39,7 +39,12 @@ from condnum.portable.lanczos import (
     pseudo_random_unit,
     run_with_check,
 )
-from condnum.portable.shift_invert import shift_invert_bottom
+from condnum.portable.shift_invert import (
+    invert_bottom,
+    shift_invert_bottom,
+    shifted64,
+    shifted_cholesky,
+)
 
 
 def _relative(bound: float, value: float) -> float:
@@ -49,11 +54,12 @@ def _relative(bound: float, value: float) -> float:
     return bound / abs(value) if value != 0 else math.inf
 
 
-def _shift_invert_cost(d: int, dtype: torch.dtype) -> float:
+def _shift_invert_cost(d: int, dtype: torch.dtype, factor_paid: bool) -> float:
     """Estimated shift-and-invert cost (a float64 Cholesky and ~40 pairs of triangular
-    solves) in plain Lanczos steps: the CPU kernel's model."""
+    solves; the solves alone when the factor is paid anyway) in plain Lanczos steps: the
+    CPU kernel's model."""
     threads = max(1, torch.get_num_threads())
-    chol = d / (9.0 * threads**0.8)
+    chol = 0.0 if factor_paid else d / (9.0 * threads**0.8)
     return (chol + 40 * 1.3) * (1.8 if dtype == torch.float32 else 1.0)
 
 
@@ -135,7 +141,8 @@ class _Check:
         return self.top_decided and self.bottom_decided
 
 
-def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
+def _plain(W, start, num_iters, tol, rtol, want_bottom, op, factor_paid=False) -> Plain:
+    """factor_paid: the bottom's alternative costs only shift-and-invert steps (ski rental)."""
     d = W.shape[0]
 
     def apply(v: torch.Tensor) -> torch.Tensor:
@@ -146,7 +153,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op) -> Plain:
     lz.start(start)
     ck.start(pseudo_random_unit(d, W.dtype, W.device, _policy.CHECK_STREAM))
     eps = torch.finfo(W.dtype).eps
-    si_cost = _shift_invert_cost(d, W.dtype)
+    si_cost = _shift_invert_cost(d, W.dtype, factor_paid)
     top_done = bottom_converged = False
     top_ok, bottom_ok = Acceptance(), Acceptance()
     top: Ritz | None = None
@@ -279,12 +286,16 @@ def top_eigh(S, num_iters: int, tol: float, v0):
     return lam, with_sign_convention(p.u_max), _err(p.err_max, S)
 
 
+def _check_rtol(S, num_iters: int, tol: float, rtol: float, op: str) -> None:
+    if not (rtol >= 0 and rtol < 1):
+        check_square(S, op)  # the CPU kernel's order of checks
+        check_budget(num_iters, tol, op)
+        fail(op, f"rtol must be in [0, 1), got {rtol:g}")
+
+
 def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
     """(lam_min, lam_max, u_min, u_max, err) of a symmetric PSD S."""
-    if not (rtol >= 0 and rtol < 1):
-        check_square(S, "extreme_eigh")  # the CPU kernel's order of checks
-        check_budget(num_iters, tol, "extreme_eigh")
-        fail("extreme_eigh", f"rtol must be in [0, 1), got {rtol:g}")
+    _check_rtol(S, num_iters, tol, rtol, "extreme_eigh")
     vectors = {"v0_max": v0_max, "v0_min": v0_min}
     W, scale, units, random = _prepare(S, num_iters, tol, "extreme_eigh", vectors)
     a, b = units["v0_max"], units["v0_min"]
@@ -310,4 +321,46 @@ def extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
         with_sign_convention(u_min),
         u_max,
         _err(max(err_min, p.err_max), S),
+    )
+
+
+def floored_min(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
+    """(lam_min, lam_max, u_min, u_max, err, saturated): the CPU kernel's floored_min.
+
+    Plain Lanczos (its bottom end down to sigma / 2, given up sooner: the factor below is
+    paid anyway), then one float64 Cholesky of S - sigma I, sigma = rtol * lam_max: it fails
+    exactly when some eigenvalue is at or below sigma (saturated: lam_min = sigma, and S is
+    still checked for indefiniteness by the factorisation of S + tau I); otherwise lam_min =
+    lam_1, from plain Lanczos when it converged there, else by shift-and-invert Lanczos
+    through that factor (lam_1 maps to the top).
+    """
+    _check_rtol(S, num_iters, tol, rtol, "floored_min")
+    vectors = {"v0_max": v0_max, "v0_min": v0_min}
+    W, scale, units, random = _prepare(S, num_iters, tol, "floored_min", vectors)
+    a, b = units["v0_max"], units["v0_min"]
+    start = start_vector(a, b, random)
+    p = _plain(W, start, num_iters, tol, rtol / 2, True, "floored_min", factor_paid=True)
+    sigma = rtol * p.lam_max
+    lam_min, u_min, err = sigma, p.u_bottom, p.err_max
+    saturated = True
+    if p.lam_max > 0:
+        L, info = torch.linalg.cholesky_ex(shifted64(W, -sigma))
+        saturated = info.item() != 0
+        if saturated:
+            tau = _policy.cholesky_shift(rtol, W.shape[0], p.lam_max)
+            shifted_cholesky(W, p.lam_max, tau, "floored_min")
+        elif p.bottom_converged:
+            lam_min, err = p.lam_bottom, max(err, p.err_bottom)
+        else:
+            start = start_vector(b if b is not None else p.u_bottom, None, random).double()
+            r = invert_bottom(L, -sigma, sigma, tol, num_iters, start)
+            lam_min, u_min, err = r.lam, r.u.to(S.dtype), max(err, r.err)
+    lams = torch.tensor([lam_min * scale, p.lam_max * scale], dtype=S.dtype, device=S.device)
+    return (
+        lams[0].clone(),
+        lams[1].clone(),
+        with_sign_convention(u_min),
+        with_sign_convention(p.u_max),
+        _err(err, S),
+        torch.tensor(saturated, device=S.device),
     )

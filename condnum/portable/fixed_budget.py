@@ -1,5 +1,5 @@
-"""extreme_eigh / top_eigh with a fixed budget (``tol = 0``): exactly m = min(num_iters, d)
-Lanczos steps on S, and nothing that waits for the device.
+"""extreme_eigh / top_eigh / floored_min with a fixed budget (``tol = 0``): exactly
+m = min(num_iters, d) Lanczos steps on S, and nothing that waits for the device.
 
 No ``.item()``, no copy to the host and no Python branch on a tensor value: the steps,
 the breakdown test, the range scaling and every choice among Ritz values are tensor
@@ -17,7 +17,9 @@ advance). What that gives up:
   convergent mode's, on the device) says how far they are from converged;
 - a breakdown (an S-invariant Krylov space, up to a beta below the breakdown level, which
   err still counts) is not a stop: the basis is continued with zero vectors, which add
-  Ritz values 0, never above the threshold.
+  Ritz values 0, never above the threshold;
+- floored_min is that extreme_eigh (down to half the floor) plus the floor test
+  (``below_floor``, a float64 Cholesky whose status stays on the device).
 
 One step is the convergent mode's (condnum.portable.lanczos.orthogonalised); with
 the same m steps and no breakdown the Krylov space, T and the Ritz pairs are the same.
@@ -169,3 +171,26 @@ def extreme_eigh(S, num_iters: int, rtol: float, v0_min, v0_max):
     err = run.err(torch.maximum(err_min, err_max), lam_max)
     lam_min = torch.where(lam_max <= 0, 0.0, lam_min)  # S == 0: every vector is an eigenvector
     return run.scaled(lam_min), run.scaled(lam_max), u_min, u_max, err
+
+
+def below_floor(S: torch.Tensor, lam_max: torch.Tensor, rtol: float) -> torch.Tensor:
+    """``lam_1(S) <= rtol * lam_max`` (0-dim bool), by a float64 Cholesky of ``S/lam_max - rtol I``.
+
+    The factorisation succeeds exactly when ``S - rtol lam_max I`` is positive definite, up
+    to float64 rounding (Sylvester's law of inertia); no value leaves the device.
+    """
+    scale = lam_max.double().clamp_min(torch.finfo(torch.float64).tiny)
+    A = (S.detach().double() / scale).contiguous()
+    A.view(-1)[:: S.shape[0] + 1] -= rtol  # the diagonal, in place: no identity matrix
+    return torch.linalg.cholesky_ex(A).info != 0
+
+
+def floored_min(S, num_iters: int, rtol: float, v0_min, v0_max):
+    """(lam_min, lam_max, u_min, u_max, err, saturated) after exactly min(num_iters, d)
+    Lanczos steps: the solve looks down to half the floor, so that an eigenvalue the floor
+    test puts (by rounding) just above the floor is the one returned."""
+    _check(S, num_iters, "floored_min", {"v0_max": v0_max, "v0_min": v0_min}, rtol)
+    lam_min, lam_max, u_min, u_max, err = extreme_eigh(S, num_iters, rtol / 2, v0_min, v0_max)
+    saturated = below_floor(S, lam_max, rtol)
+    lam_min = torch.where(saturated, lam_max * rtol, lam_min)
+    return lam_min, lam_max, u_min, u_max, err, saturated

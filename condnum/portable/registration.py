@@ -38,6 +38,13 @@ def _extreme_eigh(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
     return eigh.extreme_eigh(S, num_iters, rtol, tol, v0_min, v0_max)
 
 
+def _floored_min(S, num_iters: int, rtol: float, tol: float, v0_min, v0_max):
+    """tol = 0: a fixed budget of num_iters steps without host synchronisation."""
+    if tol == 0:
+        return fixed_budget.floored_min(S, num_iters, rtol, v0_min, v0_max)
+    return eigh.floored_min(S, num_iters, rtol, tol, v0_min, v0_max)
+
+
 def _top_eigh(S, num_iters: int, tol: float, v0):
     """tol = 0: a fixed budget of num_iters steps without host synchronisation."""
     if tol == 0:
@@ -50,6 +57,7 @@ IMPLEMENTATIONS = {
     "gram": products.gram,
     "covariance": products.covariance,
     "extreme_eigh": _extreme_eigh,
+    "floored_min": _floored_min,
     "top_eigh": _top_eigh,
     "r_ill": regularizers.r_ill,
     "_r_ill_backward": regularizers.r_ill_backward,

@@ -99,24 +99,24 @@ def _runs(solve, d: int, num_iters: int, start: torch.Tensor):
     return lz, ck, pair_operator(apply, solve, start.device, torch.float64)
 
 
-def _shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
+def shifted64(W: torch.Tensor, shift: float) -> torch.Tensor:
     A = W.double().clone()
     A.diagonal().add_(shift)
     return A
 
 
-def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
+def shifted_cholesky(W: torch.Tensor, lam_max: float, tau: float, op: str = "extreme_eigh"):
     """(L, tau): the lower Cholesky factor of S + tau I. A Gram matrix built in S's dtype may
     be indefinite by rounding, down to indefinite_floor * lam_max: tau grows 10x per failed
     factorisation up to that level before S is declared indefinite."""
     max_tau = max(tau, _policy.indefinite_floor(W.dtype) * lam_max)
     while True:
-        L, info = torch.linalg.cholesky_ex(_shifted64(W, tau))
+        L, info = torch.linalg.cholesky_ex(shifted64(W, tau))
         if info.item() == 0:
             return L, tau
         if not tau < max_tau:
             fail(
-                "extreme_eigh",
+                op,
                 "S must be positive semi-definite, but the Cholesky factorisation of "
                 f"S + tau*I failed for tau up to {tau:g} (lam_max = {lam_max:g})",
             )
@@ -125,12 +125,20 @@ def _cholesky(W: torch.Tensor, lam_max: float, tau: float):
 
 def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     """Lanczos on (S + tau I)^{-1}; the wanted Ritz value is the largest one whose
-    lam = 1/theta - tau is above the threshold."""
-    L, tau = _cholesky(W, lam_max, tau)
-    d = W.shape[0]
-    threshold = rtol * lam_max
-    mu_threshold = 1.0 / (threshold + tau)
-    detect_crowding = tau <= 8 * threshold
+    lam = 1/theta - tau is above the threshold rtol * lam_max."""
+    L, tau = shifted_cholesky(W, lam_max, tau)
+    return invert_bottom(L, tau, rtol * lam_max, tol, num_iters, start)
+
+
+def invert_bottom(L, tau, threshold, tol, num_iters, start) -> Bottom:
+    """Lanczos on (S + tau I)^{-1} = (L L^T)^{-1}: the wanted Ritz value is the largest one
+    whose lam = 1/theta - tau is above the threshold. A negative tau = -threshold (the
+    factor of S - threshold I, which exists only when every eigenvalue is above it) wants
+    the top."""
+    d = L.shape[0]
+    all_above = threshold + tau <= 0
+    mu_threshold = math.inf if all_above else 1.0 / (threshold + tau)
+    detect_crowding = not all_above and tau <= 8 * threshold
 
     def solve(X: torch.Tensor) -> torch.Tensor:  # torch.cholesky_solve copies L per call
         Y = torch.linalg.solve_triangular(L, X, upper=False)
@@ -139,7 +147,7 @@ def cholesky_bottom(W, lam_max, rtol, tol, num_iters, start, tau) -> Bottom:
     lz, ck, apply2 = _runs(solve, d, num_iters, start)
 
     def wanted(z: Lanczos = lz) -> int:
-        return z.count_below(mu_threshold) - 1
+        return z.size - 1 if all_above else z.count_below(mu_threshold) - 1
 
     def error(r: Ritz, z: Lanczos = lz) -> float:  # |d lam| = |d theta| / theta^2
         bound = max(r.bound, rounding_floor(z))
@@ -205,7 +213,7 @@ def ldl_bottom(W, lam_max, rtol, tol, num_iters, start) -> Bottom:
     d = W.shape[0]
     sigma = rtol * lam_max
     out = Bottom()
-    LD, pivots, info = torch.linalg.ldl_factor_ex(_shifted64(W, -sigma), hermitian=True)
+    LD, pivots, info = torch.linalg.ldl_factor_ex(shifted64(W, -sigma), hermitian=True)
     if info.item() != 0:  # an eigenvalue equals sigma: keep Cholesky's answer
         return out
 
@@ -280,7 +288,7 @@ def shift_invert_bottom(W, lam_max, rtol, tol, num_iters, start, theta0, theta_r
         out = ldl_bottom(W, lam_max, rtol, tol, num_iters, start64)
         tried_ldl = True
     if not out.converged:
-        tau = max(rtol, _policy.TAU_D_EPS * d * EPS64) * lam_max
+        tau = _policy.cholesky_shift(rtol, d, lam_max)
         chol = cholesky_bottom(W, lam_max, rtol, tol, num_iters, start64, tau)
         wide_tried = False
 

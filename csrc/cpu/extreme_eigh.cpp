@@ -34,6 +34,8 @@
 // values to S's dtype (policy::with_output_rounding). Cost: O(m d^2) for step 1;
 // d^3/3 (the factorisation) + O(m d^2) for step 2.
 // Eigenvector signs: the component of largest magnitude is positive.
+// floored_min (R_ill's floored bottom, at the end of this file) shares these steps, with one
+// factorisation of S - rtol lam_max I as both the floor test and the step-2 operator.
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
@@ -91,14 +93,14 @@ at::Tensor with_sign_convention(at::Tensor u) {
 }
 
 // Estimated cost of the shift-and-invert solve (a float64 Cholesky plus ~40 pairs of
-// triangular solves), in units of one plain Lanczos step (a product with S in its dtype,
-// memory-bound). Measured on x86 CPUs with the own product and solves on one thread: a
-// float64 Cholesky costs ~d/9 float64 products on one thread (LAPACK scales with threads,
-// those loops then did not), a solve pair ~1.3;
-// float32 products are ~1.8x cheaper than float64 ones.
-double shift_invert_cost(int64_t d, at::ScalarType dtype) {
+// triangular solves; the solves alone when the factor is paid anyway: floored_min's floor
+// test), in units of one plain Lanczos step (a product with S in its dtype, memory-bound).
+// Measured on x86 CPUs with the own product and solves on one thread: a float64 Cholesky
+// costs ~d/9 float64 products on one thread (LAPACK scales with threads, those loops then
+// did not), a solve pair ~1.3; float32 products are ~1.8x cheaper than float64 ones.
+double shift_invert_cost(int64_t d, at::ScalarType dtype, bool factor_paid) {
   const double threads = std::max(1, at::get_num_threads());
-  const double chol = static_cast<double>(d) / (9.0 * std::pow(threads, 0.8));
+  const double chol = factor_paid ? 0.0 : static_cast<double>(d) / (9.0 * std::pow(threads, 0.8));
   return (chol + 40 * 1.3) * (dtype == at::kFloat ? 1.8 : 1.0);
 }
 
@@ -189,7 +191,7 @@ struct Check {
 
 template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
-                    double rtol, bool want_bottom, const char* op) {
+                    double rtol, bool want_bottom, const char* op, bool factor_paid) {
   const int64_t d = W.size(0);
   const Matvec product = matvec_choice();
   const typename Lanczos<scalar_t>::Operator apply = [&W, product](const at::Tensor& v,
@@ -205,7 +207,7 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   lz.start(start);
   ck.start(pseudo_random_unit(d, W.options(), kCheckStream));
   const double eps = eps_of(W.scalar_type());
-  const double si_cost = shift_invert_cost(d, W.scalar_type());
+  const double si_cost = shift_invert_cost(d, W.scalar_type(), factor_paid);
 
   bool top_done = false, bottom_converged = false;
   Acceptance top_ok, bottom_ok;
@@ -323,11 +325,12 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   return out;
 }
 
+// factor_paid: the bottom's alternative costs only shift-and-invert steps (ski rental).
 Plain plain(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
-            double rtol, bool want_bottom, const char* op) {
+            double rtol, bool want_bottom, const char* op, bool factor_paid = false) {
   return W.scalar_type() == at::kFloat
-             ? plain_lanczos<float>(W, start, num_iters, tol, rtol, want_bottom, op)
-             : plain_lanczos<double>(W, start, num_iters, tol, rtol, want_bottom, op);
+             ? plain_lanczos<float>(W, start, num_iters, tol, rtol, want_bottom, op, factor_paid)
+             : plain_lanczos<double>(W, start, num_iters, tol, rtol, want_bottom, op, factor_paid);
 }
 
 // ---------------------------------------------------------------- step 2: shift-and-invert
@@ -349,8 +352,6 @@ double rounding_floor(const Lanczos<double>& lz) {
   return policy::rounding_floor(0.0, lz.max_abs_value());
 }
 
-// Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}; the wanted Ritz value is the largest one
-// whose lam = 1/theta - tau is above the threshold.
 // W + shift I in float64 (one copy).
 at::Tensor shifted64(const at::Tensor& W, double shift) {
   auto A = W.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
@@ -434,38 +435,45 @@ void take_pair(Bottom& out, at::Tensor u, double lam, double err, double tol) {
   out.converged = err <= tol;
 }
 
-Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
-                       int64_t num_iters, const at::Tensor& start, double tau) {
-  const int64_t d = W.size(0);
-  at::Tensor U;  // (d, d) row-major; its upper triangle holds U, S + tau I = U^T U
-  // A Gram matrix built in S's dtype may be indefinite by rounding (the indefiniteness test
-  // of plain Lanczos): tau grows per failed factorisation up to that level before S is
-  // declared indefinite.
+// The Cholesky factor of float64 A in place: its upper triangle becomes U with A = U^T U
+// (row-major A is the column-major A^T = A, whose lower factor L lands there as U = L^T;
+// the other triangle is left as it was, never read, which saves torch's copy and tril
+// pass). Undefined when A is not numerically positive definite.
+at::Tensor cholesky_upper(at::Tensor A) {
+#if AT_BUILD_WITH_LAPACK()
+  const int d = static_cast<int>(A.size(0));
+  int info = 0;
+  at::native::lapackCholesky<double>('L', d, A.mutable_data_ptr<double>(), d, &info);
+  return info == 0 ? A : at::Tensor();
+#else
+  auto [factor, info] = at::linalg_cholesky_ex(A);
+  return info.item<int64_t>() == 0 ? factor.mT().contiguous() : at::Tensor();
+#endif
+}
+
+// (U, tau): the Cholesky factor of S + tau I. A Gram matrix built in S's dtype may be
+// indefinite by rounding (the indefiniteness test of plain Lanczos): tau grows per failed
+// factorisation up to that level before S is declared indefinite.
+std::pair<at::Tensor, double> shifted_cholesky(const at::Tensor& W, double lam_max, double tau,
+                                               const char* op) {
   const double max_tau = policy::max_cholesky_shift(tau, lam_max, eps_of(W.scalar_type()));
   for (;; tau *= policy::kTauGrowth) {
-    auto A = shifted64(W, tau);
-#if AT_BUILD_WITH_LAPACK()
-    // In place: row-major A is the column-major A^T = A, whose lower Cholesky factor L
-    // lands in the upper triangle of the row-major view as U = L^T. The other triangle
-    // is left as it was (never read), which saves torch's copy and tril pass.
-    int info = 0;
-    at::native::lapackCholesky<double>('L', static_cast<int>(d), A.mutable_data_ptr<double>(),
-                                       static_cast<int>(d), &info);
-    const bool ok = info == 0;
-    if (ok) U = A;
-#else
-    auto [factor, info_t] = at::linalg_cholesky_ex(A);
-    const bool ok = info_t.item<int64_t>() == 0;
-    if (ok) U = factor.mT().contiguous();
-#endif
-    if (ok) break;
-    TORCH_CHECK_VALUE(tau < max_tau, "condnum.extreme_eigh: S must be positive ",
-                      "semi-definite, but the Cholesky factorisation of S + tau*I failed for tau ",
-                      "up to ", tau, " (lam_max = ", lam_max, ")");
+    if (auto U = cholesky_upper(shifted64(W, tau)); U.defined()) return {U, tau};
+    TORCH_CHECK_VALUE(tau < max_tau, "condnum.", op, ": S must be positive semi-definite, but ",
+                      "the Cholesky factorisation of S + tau*I failed for tau up to ", tau,
+                      " (lam_max = ", lam_max, ")");
   }
-  const double threshold = rtol * lam_max;
-  const double mu_threshold = 1.0 / (threshold + tau);
-  const bool detect_crowding = tau <= 8 * threshold;
+}
+
+// Lanczos on (S + tau I)^{-1} = (U^T U)^{-1}: the wanted Ritz value is the largest one whose
+// lam = 1/theta - tau is above the threshold. A negative tau = -threshold (the factor of
+// S - threshold I, which exists only when every eigenvalue is above it) wants the top.
+Bottom invert_bottom(const at::Tensor& U, double tau, double threshold, double tol,
+                     int64_t num_iters, const at::Tensor& start) {
+  const int64_t d = U.size(0);
+  const bool all_above = threshold + tau <= 0;
+  const double mu_threshold = all_above ? kInf : 1.0 / (threshold + tau);
+  const bool detect_crowding = !all_above && tau <= 8 * threshold;
   const Matvec kernel = matvec_choice();
   const Invert inv = invert_with(
       [&U, kernel](const at::Tensor& x) { cholesky_solve_rows(U, x, kernel); }, d);
@@ -474,7 +482,7 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   lz.start(start);
   ck.start(pseudo_random_unit(d, start.options(), kCheckStream));
   auto wanted_in = [&](const Lanczos<double>& z) -> int64_t {
-    return z.count_below(mu_threshold) - 1;
+    return all_above ? z.size() - 1 : z.count_below(mu_threshold) - 1;
   };
   auto wanted = [&]() -> int64_t { return wanted_in(lz); };
   // |d lam| = |d theta| / theta^2
@@ -536,6 +544,12 @@ Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double 
   out.converged = converged || accurate(r);
   out.floor_limited = policy::shift_invert_error(rounding_floor(lz), r.value, out.lam) > tol;
   return out;
+}
+
+Bottom cholesky_bottom(const at::Tensor& W, double lam_max, double rtol, double tol,
+                       int64_t num_iters, const at::Tensor& start, double tau) {
+  const auto [U, shift] = shifted_cholesky(W, lam_max, tau, "extreme_eigh");
+  return invert_bottom(U, shift, rtol * lam_max, tol, num_iters, start);
 }
 
 // Lanczos on (S - sigma I)^{-1}, sigma = threshold, through an LDL^T (Bunch-Kaufman)
@@ -748,9 +762,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> extreme_e
           with_sign_convention(u_min), u_max, err_tensor(std::max(err_min, p.err_max), S)};
 }
 
+// floored_min(S): the bottom of the spectrum as R_ill's floor sees it, with one float64
+// factorisation where extreme_eigh plus a separate floor test take two.
+//   saturated = lam_1(S) <= sigma, sigma = rtol * lam_max (the floor), decided by a float64
+//   Cholesky of S - sigma I: it succeeds exactly when every eigenvalue is above sigma, up to
+//   float64 rounding (Sylvester's law of inertia);
+//   lam_min = sigma when saturated; else lam_1, from plain Lanczos when it converges there
+//   (looking down to sigma / 2, so that an eigenvalue the factorisation puts just above the
+//   floor by rounding is the one found), else by shift-and-invert Lanczos through that same
+//   factor (every eigenvalue of (S - sigma I)^{-1} is positive, lam_1 maps to the top);
+//   lam_max, u_max, err as extreme_eigh's (err: lam_max's bound alone when saturated);
+//   u_min: lam_1's eigenvector; when saturated, plain Lanczos' bottom Ritz vector above
+//   sigma / 2 (a warm start only).
+// Plain Lanczos gives up on the bottom sooner than extreme_eigh's (its ski rental weighs the
+// shift-and-invert steps alone, the factor being paid for the floor). A saturated S is still
+// checked for indefiniteness as extreme_eigh does (a factorisation of S + tau I: one more, at
+// the floor only).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> floored_min_cpu(
+    const at::Tensor& S, int64_t num_iters, double rtol, double tol,
+    const std::optional<at::Tensor>& v0_min, const std::optional<at::Tensor>& v0_max) {
+  constexpr const char* op = "floored_min";
+  check_square(S, op, "S");
+  check_budget(num_iters, tol, op);
+  check_rtol(rtol, op);
+  const auto a = unit_or_none(v0_max, S, op, "v0_max");
+  const auto b = unit_or_none(v0_min, S, op, "v0_min");
+  const auto [W, scale] = in_range(symmetrized(S, op, "S", S.scalar_type()));
+  const auto random = pseudo_random_unit(W.size(0), W.options());
+  const auto p = plain(W, start_vector(a, b, random), num_iters, tol, rtol / 2, true, op, true);
+  const double lam_max = p.lam_max;  // of W = S / scale
+  const double sigma = rtol * lam_max;
+  const auto opts = S.options();
+  at::Tensor u_min = p.u_bottom;
+  double lam_min = sigma, err = p.err_max;
+  const at::Tensor U = lam_max > 0 ? cholesky_upper(shifted64(W, -sigma)) : at::Tensor();
+  const bool saturated = !U.defined();
+  if (saturated && lam_max > 0) {
+    shifted_cholesky(W, lam_max, policy::cholesky_shift(rtol, W.size(0), lam_max), op);
+  } else if (!saturated && p.bottom_converged) {
+    lam_min = p.lam_bottom;
+    err = std::max(err, p.err_bottom);
+  } else if (!saturated) {
+    const auto start = start_vector(b.defined() ? b : p.u_bottom, {}, random).to(at::kDouble);
+    const auto r = invert_bottom(U, -sigma, sigma, tol, num_iters, start);
+    lam_min = r.lam;
+    u_min = r.u.to(S.scalar_type());
+    err = std::max(err, r.err);
+  }
+  return {at::scalar_tensor(lam_min * scale, opts), at::scalar_tensor(lam_max * scale, opts),
+          with_sign_convention(u_min), with_sign_convention(p.u_max), err_tensor(err, S),
+          at::scalar_tensor(saturated, opts.dtype(at::kBool))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(condnum, CPU, m) {
+  m.impl("floored_min", &floored_min_cpu);
   m.impl("extreme_eigh", &extreme_eigh_cpu);
   m.impl("top_eigh", &top_eigh_cpu);
 }
