@@ -211,27 +211,35 @@ BAD_S = [
 ]
 
 
+#: The solvers that take (S, rtol, v0_min, v0_max): floored_min, R_ill's, shares the checks.
+BOTTOM_SOLVERS = ["extreme_eigh", "floored_min"]
+
+
+@pytest.mark.parametrize("op", BOTTOM_SOLVERS)
 @pytest.mark.parametrize(("S", "match"), BAD_S)
-def test_bad_matrix(S, match, impl, device):
+def test_bad_matrix(S, match, op, impl, device):
     if not impl.raises_on_bad_values and re.search("symmetric|NaN|semi-definite", match):
-        pytest.skip("the native CUDA kernels return NaN for bad values (test_cuda.py)")
-    with pytest.raises(ValueError, match=f"condnum.extreme_eigh: {match}"):
-        F.extreme_eigh(S.to(device))
+        if op == "extreme_eigh":  # floored_min has no native CUDA kernel
+            pytest.skip("the native CUDA kernels return NaN for bad values (test_cuda.py)")
+    with pytest.raises(ValueError, match=f"condnum.{op}: {match}"):
+        getattr(F, op)(S.to(device))
 
 
-def test_bad_solver_arguments(impl, device):
+@pytest.mark.parametrize("op", BOTTOM_SOLVERS)
+def test_bad_solver_arguments(op, impl, device):
+    solve = getattr(F, op)
     S = torch.eye(3, device=device) + 0.1
-    with pytest.raises(ValueError, match="num_iters must be >= 1, got 0"):
-        F.extreme_eigh(S, num_iters=0)
-    with pytest.raises(ValueError, match="rtol must be in \\[0, 1\\), got 2"):
-        F.extreme_eigh(S, rtol=2.0)
+    with pytest.raises(ValueError, match=f"{op}: num_iters must be >= 1, got 0"):
+        solve(S, num_iters=0)
+    with pytest.raises(ValueError, match=f"{op}: rtol must be in \\[0, 1\\), got 2"):
+        solve(S, rtol=2.0)
     with pytest.raises(ValueError, match="v0_min must have shape \\(3,\\)"):
-        F.extreme_eigh(S, v0_min=torch.ones(4, device=device))
-    if impl.raises_on_bad_values:  # the CUDA kernels ignore a zero warm start
+        solve(S, v0_min=torch.ones(4, device=device))
+    if impl.raises_on_bad_values or op == "floored_min":  # CUDA kernels ignore a zero start
         with pytest.raises(ValueError, match="v0_max must be finite and nonzero"):
-            F.extreme_eigh(S, v0_max=torch.zeros(3, device=device))
+            solve(S, v0_max=torch.zeros(3, device=device))
     with pytest.raises(ValueError, match="same dtype"):
-        F.extreme_eigh(S, v0_max=torch.ones(3, dtype=torch.float64, device=device))
+        solve(S, v0_max=torch.ones(3, dtype=torch.float64, device=device))
 
 
 def test_gram_made_indefinite_by_rounding_is_accepted(impl, device, request):
