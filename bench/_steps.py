@@ -160,7 +160,9 @@ def step_costs(
     S: torch.Tensor, rtol: float | None, tol: float | None, op: str = "extreme_eigh"
 ) -> dict[str, dict[str, float]]:
     """kind -> {ours_us, torch_us, ratio, steps} for the steps ``op(S)`` takes (``op``:
-    ``"extreme_eigh"`` or ``"top_eigh"``; kinds with no step are left out; ``steps`` per
+    ``"extreme_eigh"``, ``"top_eigh"`` or ``"floored_min"``, whose float64 Cholesky, the
+    floor test, counts whether or not it takes shift-and-invert steps; kinds with no step
+    are left out; ``steps`` per
     call, ``ours_us``/``torch_us`` per step, a paired step two), plus ``"floor_ms"``: the
     time of those steps alone, ``"torch_ms"``: the same through torch (see above), and
     ``"runs"``: one call's steps by Krylov run
@@ -171,6 +173,8 @@ def step_costs(
         def solve() -> None:
             if op == "top_eigh":
                 F.top_eigh(S, tol=tol)
+            elif op == "floored_min":
+                F.floored_min(S, rtol, tol=tol)
             else:
                 F.extreme_eigh(S, rtol=rtol, tol=tol)
 
@@ -198,7 +202,7 @@ def step_costs(
                 "ratio": ours_us / torch_us if torch_us > 0 else math.nan,
                 "steps": steps,
             }
-    if "shift_invert" in out:
+    if "shift_invert" in out or op == "floored_min":
         A = _shifted64(S)
         out["factor_ms"] = H.timeit(lambda: torch.linalg.cholesky(A), 0.05)
         out["floor_ms"] += out["factor_ms"]

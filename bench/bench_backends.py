@@ -1,21 +1,22 @@
 """The portable implementation against the native CPU kernel, in the same process.
 
-For each dtype and spectrum, times a cold ``extreme_eigh`` and a cold ``top_eigh`` of the same
-S under ``condnum.backend("native")`` and under ``condnum.backend("portable")``;
-`ratio` is portable's time over native's (1.0: as fast). `max_rel_diff` is the larger
-relative difference between the two backends' eigenvalues. `steps` counts the native
-kernel's solver steps per call (its profiler ranges; both backends follow one policy, so
-the portable path takes the same steps where their eigenvalues agree), and
-`extra_us_per_step` = (portable - native) / steps is what the portable path adds per step
-(its once-per-call work spread over the steps): Python, torch's per-call dispatch, and the
-host copy and tridiagonal work of each step's convergence check. `torch_floor` is the
-floor under `ratio` that torch's own kernels set: the time of the same steps through torch
-(``_steps.step_costs``' ``torch_ms``: each product or solve for one vector, as the portable
-path applies them on the CPU, the Gram-Schmidt passes, and a float64 Cholesky where the
-solve takes shift-and-invert steps) over native's time. Where it exceeds 1.5, the portable
-path cannot come within 1.5x of the native one on this machine, even with no host work.
-The two backends are timed alternately, three rounds each (``_harness.alternate``), so
-that the machine's load, which drifts on shared machines, weighs on both alike.
+For each dtype and spectrum, times a cold ``extreme_eigh``, ``top_eigh`` and ``floored_min``
+(R_ill's floored bottom, default rtol) of the same S under ``condnum.backend("native")`` and
+under ``condnum.backend("portable")``; `ratio` is portable's time over native's (1.0: as
+fast). `max_rel_diff` is the larger relative difference between the two backends'
+eigenvalues. `steps` counts the native kernel's solver steps per call (its profiler ranges;
+both backends follow one policy, so the portable path takes the same steps where their
+eigenvalues agree), and `extra_us_per_step` = (portable - native) / steps is what the
+portable path adds per step (its once-per-call work spread over the steps): Python, torch's
+per-call dispatch, and the host copy and tridiagonal work of each step's convergence check.
+`torch_floor` is the floor under `ratio` that torch's own kernels set: the time of the same
+steps through torch (``_steps.step_costs``' ``torch_ms``: each product or solve for one
+vector, as the portable path applies them on the CPU, the Gram-Schmidt passes, and a float64
+Cholesky where the solve takes shift-and-invert steps, and always for ``floored_min``) over
+native's time. Where it exceeds 1.5, the portable path cannot come within 1.5x of the native
+one on this machine, even with no host work. The two backends are timed alternately, three
+rounds each (``_harness.alternate``), so that the machine's load, which drifts on shared
+machines, weighs on both alike.
 
     python bench/bench_backends.py --quick
     python bench/bench_backends.py --d 768 --threads 1 --stat min
@@ -36,6 +37,7 @@ QUICK_SPECTRA = [("geometric", 1e2), ("wishart", float("nan"))]
 OPS = {
     "extreme_eigh": lambda S: F.extreme_eigh(S)[:2],
     "top_eigh": lambda S: F.top_eigh(S)[:1],
+    "floored_min": lambda S: F.floored_min(S)[:1],
 }
 KEY = ["d", "dtype", "spectrum", "kappa", "op"]
 COLUMNS = [

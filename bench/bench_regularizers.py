@@ -13,7 +13,8 @@ relative errors of L and of dL/dZ against the float64 reference.
 --parts adds a second table with the parts of `ours` timed alone: the Gram (SYRK), the
 backward's one GEMM 2 Z G, floored_min (r_ill's solve and floor test) and top_eigh (cold),
 and what they imply: floor_speedup = reference / (gram + gemm), the best ratio reachable
-with a free eigen-solve, and budget_3x_ms = reference / 3 - gram - gemm, the time a 3x bar leaves for everything else.
+with a free eigen-solve, and budget_3x_ms = reference / 3 - gram - gemm, the time a 3x bar
+leaves for everything else.
 
     python bench/bench_regularizers.py --quick
     python bench/bench_regularizers.py --d 768 --N 4096 --name reg_768
