@@ -74,6 +74,13 @@ def with_output_rounding(err: float, dtype: torch.dtype) -> float:
     return max(err, 0.5 * torch.finfo(dtype).eps) if err > 0 else err
 
 
+def check_refutes_top(first: float, first_bound: float, check: float) -> bool:
+    """The restart check's top Ritz value rises above the first run's accepted lam_max by
+    more than its bound: the first had settled on a lower eigenvalue
+    (policy::check_refutes_top)."""
+    return check - first > first_bound
+
+
 def cholesky_shift(rtol: float, d: int, lam_max: float) -> float:
     """tau = max(rtol, TAU_D_EPS * d * eps64) * lam_max (policy::cholesky_shift)."""
     return max(rtol, TAU_D_EPS * d * torch.finfo(torch.float64).eps) * lam_max

@@ -93,6 +93,25 @@ constexpr double kLogBoundFloor = 1e-300;
 // the check is independent of the first run and results stay deterministic.
 constexpr uint64_t kCheckStream = 1;
 
+// The check's verdict on the top end: its top Ritz value rises above the first run's
+// accepted lam_max by more than that value's error bound (Ritz values lie below lam_max, so
+// the first had settled on a lower eigenvalue): the check's pair replaces it.
+CONDNUM_HD inline bool check_refutes_top(double first, double first_bound, double check) {
+  return check - first > first_bound;
+}
+
+// The CUDA kernels run the check as a second complete solve and compare the answers. Its
+// bottom replaces the first's when lower by more than both bounds (the bottom of the numerical
+// range may be interior, so neither bound is one-sided), or when the top was refuted and the
+// first's bottom is not above the check's threshold rtol * lam_max. A NaN (invalid or
+// indefinite S, no bottom found) never refutes, nor is it refuted.
+CONDNUM_HD inline bool check_refutes_bottom(double first, double first_bound, double check,
+                                            double check_bound, bool top_refuted,
+                                            double check_threshold) {
+  return first - check > first_bound + check_bound ||
+         (top_refuted && first <= check_threshold && check == check);
+}
+
 // Warm starts: the solve starts from the sum of the normalised warm starts plus this weight
 // times a unit pseudo-random vector (stream 0), so that no eigenvector is missed when a warm
 // start is orthogonal to it; a cold solve starts from the random vector alone.

@@ -256,20 +256,12 @@ def test_a_one_step_budget_warns_instead_of_blaming_S(device):
         assert "num_iters" in str(err), err
 
 
-def _skip_without_restart_check(impl) -> None:
-    """The hand-written CUDA kernels have no restart check yet (the portable path, CUDA's
-    default, has it)."""
-    if impl.device == "cuda" and impl.backend == "native":
-        pytest.xfail("native CUDA kernels: no restart check yet")
-
-
-def test_clustered_bottom_float32(device, impl):
+def test_clustered_bottom_float32(device):
     """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=9).
 
     Was: plain Lanczos accepted a Ritz value of the unresolved cluster {1, 1.0012, 1.0014}
     x 1e-2 at the bottom (err = 7e-5 is honest for the third eigenvalue, not for lam_min):
     1.4e-3 relative, over the tolerance (eig_rtol, 2 tol = 2e-4 plus 4x eigvalsh's error)."""
-    _skip_without_restart_check(impl)
     S = spd_from_spectrum(log_spectrum(175, 100.0, 1), 1, f32)
     ref_min, _ = reference.float64_extremes(S, 1e-3)
     lam_min, _, _, _ = F.extreme_eigh(S.to(device), rtol=1e-3)
@@ -277,14 +269,13 @@ def test_clustered_bottom_float32(device, impl):
 
 
 @pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
-def test_start_vector_nearly_orthogonal_to_the_top_eigenvector(op, device, impl):
+def test_start_vector_nearly_orthogonal_to_the_top_eigenvector(op, device):
     """Found by test_extreme_eigh_fuzz (--hardening-long --hypothesis-seed=14): d = 159,
     kappa = 1e3, eigenvalues 1 and 0.990 at the top.
 
     Was: the fixed start vector's component along this S's top eigenvector is 1.4e-4
     (typically 0.08): Lanczos converged to the second eigenvalue first and accepted it at
     float32's default tol (err 5e-5 is honest for it): lam_max 1 % low, no warning."""
-    _skip_without_restart_check(impl)
     S = spd_from_spectrum(log_spectrum(159, 1e3, 159), 159, f32)
     ref = torch.linalg.eigvalsh(S.double())[-1].item()
     tol = eig_rtol(S, 1e-3, end="max")
@@ -319,8 +310,9 @@ def hidden_extreme(
     return ((S + S.T) / 2).to(dtype)
 
 
-def _assert_extreme_found(S: torch.Tensor, end: str, op: str, v0=None) -> None:
+def _assert_extreme_found(S: torch.Tensor, end: str, op: str, device, v0=None) -> None:
     ref_min, ref_max = reference.float64_extremes(S, 1e-4)
+    S, v0 = S.to(device), None if v0 is None else v0.to(device)
     if op == "top_eigh":
         (lam, _), bound = call_with_bound(F.top_eigh, S, v0=v0)
         found, ref = lam, ref_max
@@ -366,7 +358,7 @@ def _assert_extreme_found(S: torch.Tensor, end: str, op: str, v0=None) -> None:
     op="extreme_eigh",
 )
 def test_an_extreme_hidden_from_the_start_vector_is_found(
-    d, end, cluster, log10_gap, log10_overlap, seed, dtype, op
+    d, end, cluster, log10_gap, log10_overlap, seed, dtype, op, device
 ):
     """A start vector (nearly) orthogonal to the extreme eigenvector, behind a tight cluster:
     single-vector Lanczos settles on a neighbour with an honest-looking err; the restart
@@ -376,18 +368,18 @@ def test_an_extreme_hidden_from_the_start_vector_is_found(
     gap of about 10^-2.5."""
     gap = 10 ** max(log10_gap, -2.5 if dtype == f32 else -4)
     S = hidden_extreme(d, end, cluster, gap, 10**log10_overlap, seed, dtype)
-    _assert_extreme_found(S, end, "extreme_eigh" if end == "bottom" else op)
+    _assert_extreme_found(S, end, "extreme_eigh" if end == "bottom" else op, device)
 
 
 @pytest.mark.parametrize("op", ["extreme_eigh", "top_eigh"])
 @pytest.mark.parametrize("dtype", [f32, f64])
-def test_a_warm_start_on_the_second_eigenvector_finds_the_top(op, dtype):
+def test_a_warm_start_on_the_second_eigenvector_finds_the_top(op, dtype, device):
     """Training's warm start after two top eigenvalues crossed: v0 is the eigenvector of the
     second one (exactly), 0.3 % below lam_max. The first run accepts the second eigenvalue
     within a few steps; the check's start does not depend on v0 and finds the top."""
     S64 = hidden_extreme(120, "top", 2, 3e-3, 0.1, 3, f64)
     v0 = torch.linalg.eigh(S64)[1][:, -2].to(dtype)
-    _assert_extreme_found(S64.to(dtype), "top", op, v0=v0)
+    _assert_extreme_found(S64.to(dtype), "top", op, device, v0=v0)
 
 
 def test_rank_deficient_float64_converges_within_d_steps(device):

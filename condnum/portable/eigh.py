@@ -250,7 +250,7 @@ def _plain(W, start, num_iters, tol, rtol, want_bottom, op, factor_paid=False) -
     if not need_check:
         return out
     r = check.r if check.top_decided else ck.ritz(ck.size - 1)
-    if r.value - top.value > top.bound:  # the first run settled on a lower eigenvalue
+    if _policy.check_refutes_top(top.value, top.bound, r.value):
         out.lam_max, out.u_max = r.value, ck.ritz_vector(r, W.dtype)
         out.err_max = _relative(r.bound, r.value)
         out.bottom_converged = False  # its threshold moved: shift-and-invert decides

@@ -309,7 +309,7 @@ Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_it
   // The check's verdict.
   Ritz& r = check.r;
   if (!check.top_decided) ck.ritz(ck.size() - 1, r);
-  if (r.value - top.value > top.bound) {
+  if (policy::check_refutes_top(top.value, top.bound, r.value)) {
     out.lam_max = r.value;
     out.u_max = ck.ritz_vector(r, W.scalar_type());
     out.err_max = relative(r.bound, r.value);

@@ -85,9 +85,10 @@ struct Eps<double> {
 // ----------------------------------------------------------------------------- random
 
 // splitmix64 of the index mapped to [-1, 1): the same deterministic start vector as the
-// CPU kernels (csrc/cpu/lanczos.cpp, pseudo_random_unit), before normalisation.
-__host__ __device__ __forceinline__ double splitmix_unit(uint64_t i) {
-  uint64_t z = i + 0x9E3779B97F4A7C15ULL;
+// CPU kernels (csrc/cpu/lanczos.cpp, pseudo_random_unit, stream `stream`), before
+// normalisation.
+__host__ __device__ __forceinline__ double splitmix_unit(uint64_t i, uint64_t stream) {
+  uint64_t z = i + 0x9E3779B97F4A7C15ULL * (stream + 1);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   z ^= z >> 31;

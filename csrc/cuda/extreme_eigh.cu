@@ -26,7 +26,15 @@
 //   5. the null-space retry, as on the CPU: when step 4's bound is limited by that floor
 //      (a null space mapped to ~1 / tau) or it found nothing, step 4 again with the wide
 //      shift policy::kWideShift * lam (lam from step 4, else step 2's estimate); its
-//      answer replaces step 4's when it converged or has the smaller bound.
+//      answer replaces step 4's when it converged or has the smaller bound;
+//   6. the restart check (csrc/cpu/extreme_eigh.cpp explains why): steps 1-5 again, from
+//      the pseudo-random stream policy::kCheckStream alone (warm starts ignored), into the
+//      workspace; the merge kernel keeps the first solve's answer unless the check's refutes
+//      an end (policy::check_refutes_top, check_refutes_bottom, each bound err |lam|: err is
+//      the larger of a solve's two relative bounds, so this refutes no more often than the
+//      CPU's per-end bounds), and takes the check's pair for that end and the larger err.
+//      The CPU kernels step a run and its check in lockstep (one pass over S for both);
+//      here the check is a whole second solve: twice the work of one.
 // Where the CPU kernel raises, the outputs are NaN instead (kernels.h); the CPU's
 // LDL^T fallback for crowded spectra below the threshold is not implemented: such a
 // solve ends at the step budget, with its error bound in err.
@@ -79,7 +87,8 @@ struct EighPlan {
   bool with_si;
   size_t smem1, smem2;
   size_t off_ctrl, off_W, off_V, off_alpha, off_beta, off_wbuf, off_ybuf, off_part, off_svec,
-      off_work, off_y, off_ubot, off_ustart, off_A, off_B, total;
+      off_work, off_y, off_ubot, off_ustart, off_A, off_B, off_check_lam, off_check_u,
+      off_check_err, total;
 };
 
 template <typename T, int OP>
@@ -149,6 +158,12 @@ cudaError_t make_plan(int64_t d64, int64_t num_iters, bool with_si, EighPlan* P)
   if (with_si) c.take<double>(static_cast<size_t>(P->dp) * P->dp);
   P->off_B = c.used;
   if (with_si) c.take<double>(static_cast<size_t>(P->dp) * P->dp);
+  P->off_check_lam = c.used;  // the restart check's answer: lam_min, lam_max ...
+  c.take<T>(2);
+  P->off_check_u = c.used;  // ... u_min, u_max ...
+  c.take<T>(2 * dd);
+  P->off_check_err = c.used;  // ... and err
+  c.take<double>(1);
   P->total = c.used;
   return cudaSuccess;
 }
@@ -455,7 +470,7 @@ template <typename T, int OP>
 cudaError_t launch_lanczos(const EighPlan& P, void* ws, int nb, int chunk, size_t smem, int mode,
                            const T* sa, const T* sb, const double* sc, int use_c, LzResult* res,
                            const int* run, const double* si, double tol, double rtol,
-                           cudaStream_t stream) {
+                           uint64_t start_stream, cudaStream_t stream) {
   LzParams<T> p{};
   p.d = P.d;
   p.steps = P.steps;
@@ -476,6 +491,7 @@ cudaError_t launch_lanczos(const EighPlan& P, void* ws, int nb, int chunk, size_
   p.sb = sb;
   p.sc = sc;
   p.use_c = use_c;
+  p.stream = start_stream;
   p.mode = mode;
   p.tol = tol;
   p.rtol = rtol;
@@ -488,12 +504,11 @@ cudaError_t launch_lanczos(const EighPlan& P, void* ws, int nb, int chunk, size_
   return cudaSuccess;
 }
 
+// Steps 1-5 into args' outputs, from the pseudo-random stream start_stream and args' warm
+// starts.
 template <typename T>
-cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_bytes,
-                      cudaStream_t stream) {
-  EighPlan P;
-  CONDNUM_CUDA_TRY(make_plan<T>(args.d, args.num_iters, !top_only, &P));
-  if (ws == nullptr || ws_bytes < P.total) return cudaErrorInvalidValue;
+cudaError_t solve(const EighArgs& args, bool top_only, const EighPlan& P, void* ws,
+                  uint64_t start_stream, cudaStream_t stream) {
   auto* ctrl = at_offset<EighCtrl>(ws, P.off_ctrl);
   T* W = at_offset<T>(ws, P.off_W);
   double* svec = at_offset<double>(ws, P.off_svec);
@@ -514,7 +529,8 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
   CONDNUM_CUDA_TRY(launch_lanczos<T, 0>(P, ws, P.nb1, P.chunk1, P.smem1,
                                         top_only ? kModeTop : kModeExtreme, v0_max,
                                         top_only ? nullptr : v0_min, nullptr, 0, &ctrl->lz[0],
-                                        nullptr, nullptr, args.tol, args.rtol, stream));
+                                        nullptr, nullptr, args.tol, args.rtol, start_stream,
+                                        stream));
   // Step 3: select, Ritz vectors, outputs.
   SelectParams<T> sp{at_offset<const double>(ws, P.off_alpha),
                      at_offset<const double>(ws, P.off_beta),
@@ -566,7 +582,7 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
                                           nullptr, q == 0 ? v0_min : nullptr,
                                           q == 0 ? ubot : ustart, 1, &ctrl->lz[1 + q],
                                           &ctrl->si_run[q], &ctrl->chol[q].tau, args.tol,
-                                          args.rtol, stream));
+                                          args.rtol, start_stream, stream));
     sp.phase = 2 + q;
     select_kernel<T><<<1, kSelectThreads, sel_smem, stream>>>(sp);
     CONDNUM_CUDA_CHECK_LAUNCH();
@@ -578,6 +594,84 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
     finalize_kernel<T><<<1, kFinalThreads, 0, stream>>>(fp);
     CONDNUM_CUDA_CHECK_LAUNCH();
   }
+  return cudaSuccess;
+}
+
+// ----------------------------------------------------------------------------- restart check
+
+template <typename T>
+struct MergeParams {
+  const T* check_lam;  // (2,): lam_min, lam_max
+  const T* check_u;    // (2, d): u_min, u_max
+  const double* check_err;
+  T* lam_min;  // the first solve's outputs, overwritten where the check refutes them;
+  T* lam_max;  // lam_min and u_min are nullptr for top_eigh
+  T* u_min;
+  T* u_max;
+  double* err;
+  int d;
+  double rtol;
+};
+
+// Step 6 (one block): the first solve's answer, or the check's for an end it refutes.
+template <typename T>
+__global__ void __launch_bounds__(kFinalThreads) merge_check_kernel(MergeParams<T> p) {
+  __shared__ int take[2];  // the check's top, its bottom
+  if (threadIdx.x == 0) {
+    const double e1 = *p.err, e2 = *p.check_err;
+    const double top1 = static_cast<double>(*p.lam_max);
+    const double top2 = static_cast<double>(p.check_lam[1]);
+    const bool top = policy::check_refutes_top(top1, e1 * fabs(top1), top2);
+    bool bottom = false;
+    if (p.lam_min != nullptr) {
+      const double bot1 = static_cast<double>(*p.lam_min);
+      const double bot2 = static_cast<double>(p.check_lam[0]);
+      bottom = policy::check_refutes_bottom(bot1, e1 * fabs(bot1), bot2, e2 * fabs(bot2), top,
+                                            p.rtol * top2);
+      if (bottom) *p.lam_min = p.check_lam[0];
+    }
+    if (top) *p.lam_max = p.check_lam[1];
+    if (top || bottom) *p.err = fmax(e1, e2);
+    take[0] = top;
+    take[1] = bottom;
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < p.d; k += blockDim.x) {
+    if (take[0]) p.u_max[k] = p.check_u[p.d + k];
+    if (take[1]) p.u_min[k] = p.check_u[k];
+  }
+}
+
+template <typename T>
+cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_bytes,
+                      cudaStream_t stream) {
+  EighPlan P;
+  CONDNUM_CUDA_TRY(make_plan<T>(args.d, args.num_iters, !top_only, &P));
+  if (ws == nullptr || ws_bytes < P.total) return cudaErrorInvalidValue;
+  CONDNUM_CUDA_TRY(solve<T>(args, top_only, P, ws, 0, stream));
+  T* check_lam = at_offset<T>(ws, P.off_check_lam);
+  T* check_u = at_offset<T>(ws, P.off_check_u);
+  auto* check_err = at_offset<double>(ws, P.off_check_err);
+  EighArgs check = args;
+  check.v0_min = check.v0_max = nullptr;
+  check.lam_min = top_only ? nullptr : check_lam;
+  check.lam_max = check_lam + 1;
+  check.u_min = top_only ? nullptr : check_u;
+  check.u_max = check_u + P.d;
+  check.err = check_err;
+  CONDNUM_CUDA_TRY(solve<T>(check, top_only, P, ws, policy::kCheckStream, stream));
+  MergeParams<T> mp{check_lam,
+                    check_u,
+                    check_err,
+                    static_cast<T*>(args.lam_min),
+                    static_cast<T*>(args.lam_max),
+                    static_cast<T*>(args.u_min),
+                    static_cast<T*>(args.u_max),
+                    args.err,
+                    P.d,
+                    args.rtol};
+  merge_check_kernel<T><<<1, kFinalThreads, 0, stream>>>(mp);
+  CONDNUM_CUDA_CHECK_LAUNCH();
   return cudaSuccess;
 }
 

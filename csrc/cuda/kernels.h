@@ -55,6 +55,9 @@ cudaError_t covariance(Dtype dt, const void* theta, const void* K, int64_t D, in
 // Outputs are NaN when S is not finite or not symmetric (all four), when S is indefinite
 // (a Ritz value below -sqrt(eps) lam_max, or no Cholesky shift up to sqrt(eps) lam_max
 // works) or the bottom end cannot be found (lam_min and u_min).
+// Each call is two solves: the answer and its restart check, a second solve from an
+// independent pseudo-random start that replaces an end the first settled on a neighbour of
+// (extreme_eigh.cu, step 6).
 struct EighArgs {
   Dtype dtype;
   const void* S;

@@ -88,13 +88,14 @@ struct LzParams {
   LzResult* res;
   const int* run;  // nullptr, or run only when *run != 0 (decided by earlier kernels)
   // Start vector: rho r / |r| + a / |a| + b / |b| (+ c / |c| when b is unusable and
-  // use_c), r = splitmix64 vector, rho = policy::kStartRandomWeight when any warm start is
-  // used, else 1.
+  // use_c), r = splitmix64 vector of stream `stream`, rho = policy::kStartRandomWeight when
+  // any warm start is used, else 1.
   // A zero or non-finite a / b is ignored.
   const T* sa;
   const T* sb;
   const double* sc;
   int use_c;
+  uint64_t stream;
   // Convergence.
   int mode;
   double tol, rtol, si_cost;
@@ -338,7 +339,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
   {
     double s[4] = {0.0, 0.0, 0.0, 0.0};
     for (int k = c0 + tid; k < c1; k += kLzThreads) {
-      const double r = splitmix_unit(static_cast<uint64_t>(k));
+      const double r = splitmix_unit(static_cast<uint64_t>(k), p.stream);
       s[0] = fma(r, r, s[0]);
       if (p.sa) s[1] = fma(static_cast<double>(p.sa[k]), static_cast<double>(p.sa[k]), s[1]);
       if (p.sb) s[2] = fma(static_cast<double>(p.sb[k]), static_cast<double>(p.sb[k]), s[2]);
@@ -360,7 +361,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
   const double cr = (a_ok || b_ok || c_ok ? policy::kStartRandomWeight : 1.0) / nr;
   double part = 0.0;
   for (int k = c0 + tid; k < c1; k += kLzThreads) {
-    double v = cr * splitmix_unit(static_cast<uint64_t>(k));
+    double v = cr * splitmix_unit(static_cast<uint64_t>(k), p.stream);
     if (a_ok) v = fma(ca, static_cast<double>(p.sa[k]), v);
     if (b_ok) v = fma(cb, static_cast<double>(p.sb[k]), v);
     if (c_ok) v = fma(cc, p.sc[k], v);
@@ -374,7 +375,7 @@ __global__ void __launch_bounds__(kLzThreads) lanczos_kernel(LzParams<T> p) {
   double nv = sqrt(h[0]);
   if (!(nv > 0.0) || !isfinite(nv)) {  // warm starts cancelled the random part: use it alone
     for (int k = c0 + tid; k < c1; k += kLzThreads)
-      wl[k - c0] = splitmix_unit(static_cast<uint64_t>(k)) / nr;
+      wl[k - c0] = splitmix_unit(static_cast<uint64_t>(k), p.stream) / nr;
     nv = 1.0;
   }
   for (int k = c0 + tid; k < c1; k += kLzThreads) p.V[k] = wl[k - c0] / nv;
