@@ -270,6 +270,46 @@ def call_with_bound(fn, *args, **kwargs):
     return out, bound
 
 
+#: torch >= 2.9's per-backend float32 precision settings (attribute paths under
+#: torch.backends); their getters resolve a "none" from the parent setting.
+FP32_PRECISION_SETTINGS = (
+    "fp32_precision",
+    "mkldnn.fp32_precision",
+    "mkldnn.matmul.fp32_precision",
+    "cuda.matmul.fp32_precision",
+)
+#: Whether this torch has them.
+HAS_FP32_PRECISION = hasattr(torch.backends, "fp32_precision")
+
+
+def _backends_attr(path: str) -> tuple[object, str]:
+    *parents, name = path.split(".")
+    owner = torch.backends
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+@contextlib.contextmanager
+def fp32_matmul_precision(setting: str, value: str) -> Iterator[None]:
+    """torch's float32 matmul precision set for the block: ``setting`` "legacy"
+    (``torch.set_float32_matmul_precision(value)``) or one of FP32_PRECISION_SETTINGS;
+    every setting is restored after: the legacy one first (setting it sets the per-backend
+    ones too), then the per-backend ones where they exist."""
+    legacy = torch.get_float32_matmul_precision()  # raises if a test left them mixed
+    saved = {p: getattr(*_backends_attr(p)) for p in FP32_PRECISION_SETTINGS if HAS_FP32_PRECISION}
+    try:
+        if setting == "legacy":
+            torch.set_float32_matmul_precision(value)
+        else:
+            setattr(*_backends_attr(setting), value)
+        yield
+    finally:
+        torch.set_float32_matmul_precision(legacy)
+        for path, before in saved.items():
+            setattr(*_backends_attr(path), before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.exists():

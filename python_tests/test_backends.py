@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    HAS_FP32_PRECISION,
     eig_rtol,
+    fp32_matmul_precision,
     log_spectrum,
     regularizer_rtol,
     rel_err,
@@ -280,16 +282,18 @@ def test_portable_lanczos_steps_build_t_as_v_transpose_s_v(copy_to_host, dtype):
 
 
 @pytest.mark.parametrize(
-    ("device", "dtype", "precision", "paired"),
+    ("device", "dtype", "setting", "paired"),
     [
-        ("cuda", torch.float32, "highest", True),
-        ("cuda", torch.float64, "high", True),
-        ("cuda", torch.float32, "high", False),  # a block product could run in TF32
-        ("cpu", torch.float64, "highest", False),  # MKL's block product is slower there
+        ("cuda", torch.float32, ("legacy", "highest"), True),
+        ("cuda", torch.float64, ("legacy", "high"), True),
+        ("cuda", torch.float32, ("legacy", "high"), False),  # a block product could run in TF32
+        ("cuda", torch.float32, ("cuda.matmul.fp32_precision", "tf32"), False),
+        ("cuda", torch.float32, ("mkldnn.matmul.fp32_precision", "bf16"), True),  # the CPU's
+        ("cpu", torch.float64, ("legacy", "highest"), False),  # MKL's block product is slower
     ],
 )
 def test_portable_pairs_a_run_and_its_check_where_that_is_exact_and_pays(
-    device, dtype, precision, paired
+    device, dtype, setting, paired
 ):
     """The portable path's pair operator applies one block (two-column product, two
     right-hand sides) off the CPU, unless torch may use TF32 for that float32 matmul; else
@@ -305,12 +309,10 @@ def test_portable_pairs_a_run_and_its_check_where_that_is_exact_and_pays(
         calls.append("solve")
         return A @ X
 
-    before = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision(precision)
+    if setting[0] != "legacy" and not HAS_FP32_PRECISION:
+        pytest.skip("torch < 2.9 has no per-backend fp32_precision settings")
+    with fp32_matmul_precision(*setting):
         apply2 = pair_operator(apply, solve, torch.device(device), dtype)
-    finally:
-        torch.set_float32_matmul_precision(before)
     va, vb = torch.ones(4, dtype=dtype), torch.arange(4.0, dtype=dtype)
     wa, wb = apply2(va, vb)
     assert calls == (["solve"] if paired else ["apply", "apply"])

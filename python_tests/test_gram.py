@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import BASELINE_MULTIPLE
+from conftest import BASELINE_MULTIPLE, HAS_FP32_PRECISION, fp32_matmul_precision, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,27 +39,48 @@ def test_gram_matches_float64_matmul_and_is_exactly_symmetric(n, d, dtype, seed,
     assert (S.double() - ref).abs().max() <= BASELINE_MULTIPLE * max(torch_err, rounding)
 
 
-@pytest.mark.parametrize("precision", ["high", "medium"])
-def test_gram_keeps_float32_accuracy_when_torch_may_use_tf32(precision, device):
-    """torch.set_float32_matmul_precision("high"/"medium") lets torch use TF32 or bfloat16
-    for float32 matmuls (on GPUs with tensor cores, CPUs with bfloat16 units); S must keep
-    float32 accuracy all the same: TF32's 10-bit mantissa would move it by ~1e-3."""
+#: torch settings under which a float32 matmul may run in TF32 or bfloat16: the global one,
+#: and torch >= 2.9's per-backend ones ("{backend}" is the device's: cuda, else mkldnn).
+REDUCED_FP32 = [
+    ("legacy", "high"),
+    ("legacy", "medium"),
+    ("{backend}.matmul.fp32_precision", "tf32"),
+    ("{backend}.matmul.fp32_precision", "bf16"),
+    ("fp32_precision", "tf32"),
+]
+
+
+@pytest.mark.parametrize(("setting", "value"), REDUCED_FP32)
+def test_gram_keeps_float32_accuracy_when_torch_may_use_tf32(setting, value, impl, device):
+    """Under each setting that lets torch run float32 matmuls in TF32 or bfloat16 (on GPUs
+    with tensor cores, CPUs with bfloat16 units), S keeps float32 accuracy (TF32's 10-bit
+    mantissa would move it by ~1e-3): gram and covariance form float32 products in float64
+    and round once, which gives exactly the float64 product's rounding (the native CUDA
+    kernel never uses TF32 and rounds its own float32 sums), and the eigen-solve runs. The
+    per-backend settings used to make the portable path raise."""
+    backend = "cuda" if device.type == "cuda" else "mkldnn"
+    if setting != "legacy" and not HAS_FP32_PRECISION:
+        pytest.skip("torch < 2.9 has no per-backend fp32_precision settings")
+    if (backend, value) == ("cuda", "bf16"):
+        pytest.skip("torch has no bfloat16 setting for cuBLAS")
     g = torch.Generator().manual_seed(3)
     Z = torch.randn(512, 96, generator=g, dtype=torch.float32)
-    before = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision(precision)
-        S = F.gram(Z.to(device)).cpu()
-    finally:
-        torch.set_float32_matmul_precision(before)
+    theta = torch.randn(40, 24, generator=g, dtype=torch.float32)
+    K = torch.randn(40, 40, generator=g, dtype=torch.float32)
+    K = K @ K.T
+    K = (K + K.T) / 2  # exactly symmetric: its symmetrisation is exact in either dtype
+    with fp32_matmul_precision(setting.format(backend=backend), value):
+        S = F.gram(Z.to(device))
+        C = F.covariance(theta.to(device), K.to(device))
+        lam_max, _ = F.top_eigh(S)
+        S64 = F.gram(Z.double().to(device)).float()
+        C64 = F.covariance(theta.double().to(device), K.double().to(device)).float()
     ref = Z.double().T @ Z.double()
-    bound = (
-        4
-        * torch.finfo(torch.float32).eps
-        * math.sqrt(512)
-        * (Z.double().abs().T @ Z.double().abs())
-    )
-    assert ((S.double() - ref).abs() <= bound).all()
+    bound = 4 * torch.finfo(torch.float32).eps * math.sqrt(512) * (Z.abs().T @ Z.abs()).double()
+    assert ((S.cpu().double() - ref).abs() <= bound).all()
+    assert rel_err(lam_max.item(), torch.linalg.eigvalsh(ref)[-1].item()) <= 1e-4
+    if not (impl.device == "cuda" and impl.backend == "native"):
+        assert torch.equal(S, S64) and torch.equal(C, C64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -256,7 +256,7 @@ def pair_operator(
     ``torch.mv`` at d = 768, 1 thread), and the native kernel is the CPU's fast path
     anyway; and for float32 while torch may use TF32 for a float32 matmul (a block product
     is one; ``mv`` is not)."""
-    if device.type == "cpu" or not full_fp32(dtype):
+    if device.type == "cpu" or not full_fp32(dtype, device):
         return lambda va, vb: (apply(va), apply(vb))
 
     def apply2(va: torch.Tensor, vb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

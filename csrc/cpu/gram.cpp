@@ -6,10 +6,15 @@
 // costs about (1/2 + b/(2d)) of a full GEMM for panel height b.
 //   Z: (N, d) -> S: (d, d)        2 N d^2 / 2 flops
 //   theta: (D, d), K: (D, D)      K theta: 2 D^2 d, then theta^T (K theta): D d^2
-// Half-precision Z is converted to float32 first (float32 accumulation).
+// Half-precision Z is converted to float32 first (float32 accumulation). float32 products
+// run in float64, rounded once, while torch may run float32 matmuls on the CPU in bfloat16 or
+// TF32 (oneDNN, on CPUs with such units): S feeds the eigen-solves.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include "cpu/checks.h"
 
@@ -34,6 +39,30 @@ void mirror_upper(at::Tensor& S) {
   });
 }
 
+// Whether torch may run a float32 matmul on the CPU below float32 precision: on torch >= 2.13
+// its oneDNN matmul setting (resolved from its parents); before, the global setting, whose
+// getter raises once the per-backend ones of torch >= 2.9 have been set: then it is assumed
+// reduced.
+bool reduced_fp32_matmul() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
+  const auto p =
+      at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+  return p == at::Float32Precision::BF16 || p == at::Float32Precision::TF32;
+#else
+  try {
+    return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+  } catch (const c10::Error&) {
+    return true;
+  }
+#endif
+}
+
+// The dtype products of dtype t are formed in: float64 for float32 while torch may run its
+// matmuls below float32 precision (the result is rounded to float32 once), else t.
+at::ScalarType product_dtype(at::ScalarType t) {
+  return t == at::kFloat && reduced_fp32_matmul() ? at::kDouble : t;
+}
+
 // S = A^T B for A, B: (n, d) whose product is known to be symmetric.
 at::Tensor symmetric_atb(const at::Tensor& A, const at::Tensor& B) {
   const int64_t d = A.size(1);
@@ -51,7 +80,8 @@ at::Tensor gram_cpu(const at::Tensor& Z) {
   check_matrix(Z, "gram", "Z", /*allow_half=*/true);
   // Contiguous, so that BLAS (and the last bits of S) do not depend on Z's layout.
   const auto Zf = (at::elementSize(Z.scalar_type()) < 4 ? Z.to(at::kFloat) : Z).contiguous();
-  return symmetric_atb(Zf, Zf);
+  const auto Zp = Zf.to(product_dtype(Zf.scalar_type()));
+  return symmetric_atb(Zp, Zp).to(Zf.scalar_type());
 }
 
 at::Tensor covariance_cpu(const at::Tensor& theta, const at::Tensor& K) {
@@ -62,7 +92,9 @@ at::Tensor covariance_cpu(const at::Tensor& theta, const at::Tensor& K) {
                     "of shape (D, d), got K ", K.sizes(), " and theta ", theta.sizes());
   const auto Ks = symmetrized(K, "covariance", "K", K.scalar_type()).W;
   const auto t = theta.contiguous();
-  return symmetric_atb(t, at::mm(Ks, t));
+  const auto dt = product_dtype(t.scalar_type());
+  const auto tp = t.to(dt);
+  return symmetric_atb(tp, at::mm(Ks.to(dt), tp)).to(t.scalar_type());
 }
 
 }  // namespace
