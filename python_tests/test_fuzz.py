@@ -119,21 +119,6 @@ def _eig_tol(S: torch.Tensor, rtol: float, bound: float | None) -> float:
     return tol if bound is None else max(tol, 2 * bound)
 
 
-#: Single-vector Lanczos may settle on a neighbour of an extreme eigenvalue within about
-#: 1e-3 relative, a documented limitation (pinned: test_clustered_bottom_float32; farther
-#: neighbours: test_start_vector_nearly_orthogonal_to_the_top_eigenvector).
-NEIGHBOUR_RTOL = 2e-3
-
-
-def _assert_documented_neighbour(S: torch.Tensor, lam: float, ref: float, tol: float) -> None:
-    """``lam`` missed the extreme eigenvalue ``ref`` only as that limitation allows: it
-    is another eigenvalue of S (to ``tol``), and one within NEIGHBOUR_RTOL of ``ref``."""
-    ev = torch.linalg.eigvalsh(S.double())
-    nearest = ev[(ev - lam).abs().argmin()].item()
-    assert rel_err(lam, nearest) <= tol, f"{lam} is no eigenvalue of S (nearest {nearest})"
-    assert rel_err(nearest, ref) <= NEIGHBOUR_RTOL, f"{lam} is far from the extreme {ref}"
-
-
 def _summation_slack(d: int, dtype: torch.dtype, terms: float) -> float:
     """Rounding of a sum over d^2 entries in another order: BASELINE_MULTIPLE d eps of its
     terms (as conftest.summation_rtol)."""
@@ -402,10 +387,10 @@ def test_extreme_eigh_fuzz(case, layout):
     rtol_eff = dtype_rtol(S) if rtol is None else rtol
     ref_min, ref_max = reference.float64_extremes(S, rtol_eff)
     tol = _eig_tol(S, rtol_eff, bound)
-    if rel_err(lam_max.item(), ref_max) > tol:
-        _assert_documented_neighbour(S, lam_max.item(), ref_max, tol)
-    if rel_err(lam_min.item(), ref_min) > tol:
-        _assert_documented_neighbour(S, lam_min.item(), ref_min, tol)
+    # no neighbour of an extreme accepted: the restart check (5000 examples per backend
+    # with --hardening-long under two seeds found none)
+    assert rel_err(lam_max.item(), ref_max) <= tol
+    assert rel_err(lam_min.item(), ref_min) <= tol
     for lam, u in ((lam_min, u_min), (lam_max, u_max)):
         error, bound = unit_norm_error(u)
         assert error <= bound, (error, bound)
@@ -418,8 +403,7 @@ def test_extreme_eigh_fuzz(case, layout):
     _assert_identical((lam_top, u_top), call_with_bound(F.top_eigh, S)[0])
     assert lam_top.shape == () and u_top.shape == (d,) and lam_top.dtype == dtype
     top_tol = _eig_tol(S, rtol_eff, top_bound)
-    if rel_err(lam_top.item(), ref_max) > top_tol:
-        _assert_documented_neighbour(S, lam_top.item(), ref_max, top_tol)
+    assert rel_err(lam_top.item(), ref_max) <= top_tol
     # condition_number is lam_max / lam_min of the same solve
     kappa, _ = call_with_bound(F.condition_number, view, rtol=rtol)
     assert kappa.shape == () and kappa.dtype == dtype
