@@ -162,11 +162,9 @@ def step_costs(
     """kind -> {ours_us, torch_us, ratio, steps} for the steps ``op(S)`` takes (``op``:
     ``"extreme_eigh"``, ``"top_eigh"`` or ``"floored_min"``, whose float64 Cholesky, the
     floor test, counts whether or not it takes shift-and-invert steps; kinds with no step
-    are left out; ``steps`` per
-    call, ``ours_us``/``torch_us`` per step, a paired step two), plus ``"floor_ms"``: the
-    time of those steps alone, ``"torch_ms"``: the same through torch (see above), and
-    ``"runs"``: one call's steps by Krylov run
-    (:func:`runs`)."""
+    are left out; ``steps`` per call, ``ours_us``/``torch_us`` per step, a paired step two),
+    plus ``"floor_ms"``: the time of those steps alone, ``"torch_ms"``: the same through
+    torch (see above), and ``"runs"``: one call's steps by Krylov run (:func:`runs`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged solves report via err
 

@@ -27,9 +27,9 @@
 //      (a null space mapped to ~1 / tau) or it found nothing, step 4 again with the wide
 //      shift policy::kWideShift * lam (lam from step 4, else step 2's estimate); its
 //      answer replaces step 4's when it converged or has the smaller bound;
-//   6. the restart check (csrc/cpu/extreme_eigh.cpp explains why): steps 1-5 again, from
-//      the pseudo-random stream policy::kCheckStream alone (warm starts ignored), into the
-//      workspace; the merge kernel keeps the first solve's answer unless the check's refutes
+//   6. the restart check (csrc/cpu/extreme_eigh.cpp explains why): steps 2-5 again on the
+//      same W, from the pseudo-random stream policy::kCheckStream alone (warm starts
+//      ignored), into the workspace; the merge kernel keeps the first solve's answer unless the check's refutes
 //      an end (policy::check_refutes_top, check_refutes_bottom, each bound err |lam|: err is
 //      the larger of a solve's two relative bounds, so this refutes no more often than the
 //      CPU's per-end bounds), and takes the check's pair for that end and the larger err.
@@ -42,6 +42,7 @@
 // pure function of (dtype, d, num_iters) and the device's SM count and occupancy.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 
 #include "cuda/cholesky.cuh"
 #include "cuda/common.cuh"
@@ -64,14 +65,16 @@ enum Status : int {
 constexpr int kSiRuns = 2;
 
 struct EighCtrl {
+  // Step 1's, from S once per call: the first solve and its restart check share W.
   SymStats sym;
+  double scale;  // S = scale * W (policy::range_scale)
+  // Each solve's state (from lz on), reset before each of the two solves:
   LzResult lz[1 + kSiRuns];  // phase 1 (Lanczos on W), phases 2, 3 (shift-and-invert)
   CholState chol[kSiRuns];
   int si_run[kSiRuns];  // set by the Cholesky kernel on success
   int si_vec[kSiRuns];  // set by the select kernel when this run's lam_min is the answer
   int status;
   int pad_;
-  double scale;  // S = scale * W (policy::range_scale)
   double lam_max, err_max, lam_min, err_min;
   double lam_range;  // plain Lanczos' bottom Ritz value (the wide shift's fallback guess)
 };
@@ -504,13 +507,13 @@ cudaError_t launch_lanczos(const EighPlan& P, void* ws, int nb, int chunk, size_
   return cudaSuccess;
 }
 
-// Steps 1-5 into args' outputs, from the pseudo-random stream start_stream and args' warm
-// starts.
+// Steps 2-5 on the symmetrised W (step 1) into args' outputs, from the pseudo-random stream
+// start_stream and args' warm starts.
 template <typename T>
 cudaError_t solve(const EighArgs& args, bool top_only, const EighPlan& P, void* ws,
                   uint64_t start_stream, cudaStream_t stream) {
   auto* ctrl = at_offset<EighCtrl>(ws, P.off_ctrl);
-  T* W = at_offset<T>(ws, P.off_W);
+  const T* W = at_offset<const T>(ws, P.off_W);
   double* svec = at_offset<double>(ws, P.off_svec);
   double* work = at_offset<double>(ws, P.off_work);
   double* y = at_offset<double>(ws, P.off_y);
@@ -520,9 +523,9 @@ cudaError_t solve(const EighArgs& args, bool top_only, const EighPlan& P, void* 
   const T* v0_min = static_cast<const T*>(args.v0_min);
   const T* v0_max = static_cast<const T*>(args.v0_max);
 
-  CONDNUM_CUDA_TRY(cudaMemsetAsync(ctrl, 0, sizeof(EighCtrl), stream));
-  CONDNUM_CUDA_TRY(launch_symmetrize<T>(static_cast<const T*>(args.S), W, d, &ctrl->sym, stream));
-  CONDNUM_CUDA_TRY(launch_range_scale<T>(W, d, &ctrl->sym, &ctrl->scale, stream));
+  constexpr size_t kSolveState = offsetof(EighCtrl, lz);
+  CONDNUM_CUDA_TRY(cudaMemsetAsync(reinterpret_cast<char*>(ctrl) + kSolveState, 0,
+                                   sizeof(EighCtrl) - kSolveState, stream));
 
   // Step 2: Lanczos on W.
   const int phase = top_only ? 0 : 1;
@@ -648,6 +651,13 @@ cudaError_t eigh_impl(const EighArgs& args, bool top_only, void* ws, size_t ws_b
   EighPlan P;
   CONDNUM_CUDA_TRY(make_plan<T>(args.d, args.num_iters, !top_only, &P));
   if (ws == nullptr || ws_bytes < P.total) return cudaErrorInvalidValue;
+  // Step 1, once for both solves.
+  auto* ctrl = at_offset<EighCtrl>(ws, P.off_ctrl);
+  T* W = at_offset<T>(ws, P.off_W);
+  CONDNUM_CUDA_TRY(cudaMemsetAsync(ctrl, 0, sizeof(EighCtrl), stream));
+  CONDNUM_CUDA_TRY(
+      launch_symmetrize<T>(static_cast<const T*>(args.S), W, P.d, &ctrl->sym, stream));
+  CONDNUM_CUDA_TRY(launch_range_scale<T>(W, P.d, &ctrl->sym, &ctrl->scale, stream));
   CONDNUM_CUDA_TRY(solve<T>(args, top_only, P, ws, 0, stream));
   T* check_lam = at_offset<T>(ws, P.off_check_lam);
   T* check_u = at_offset<T>(ws, P.off_check_u);
