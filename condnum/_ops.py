@@ -1,13 +1,16 @@
 """Fake (meta) kernels and autograd for the ``torch.ops.condnum`` ops.
 
 The C++ kernels (csrc/) register the ops and their CPU/CUDA implementations; this
-module makes them traceable (``torch.compile``, ``opcheck``) and differentiable. Fake
-kernels check shapes and dtypes in the same order as the C++ checks.
+module makes them traceable (``torch.compile``, ``opcheck``) and differentiable, to every
+order (``condnum._second_order``). Fake kernels check shapes and dtypes in the same order as
+the C++ checks.
 """
 
 from __future__ import annotations
 
 import torch
+
+from condnum import _second_order
 
 HALF = (torch.float16, torch.bfloat16)
 _FLOAT = (torch.float32, torch.float64)
@@ -194,17 +197,20 @@ torch.library.register_autograd(
 
 
 # extreme_eigh / top_eigh: d lam = u^T dS u (first-order perturbation); eigenvectors
-# and error bounds are not differentiable (marked so: they contribute no gradient).
+# and error bounds are not differentiable (marked so: they contribute no gradient). In the
+# gradient g u u^T, u is differentiable in S (condnum._second_order): higher derivatives.
 
 
 def _extreme_eigh_setup(ctx, inputs, output):
-    _, _, u_min, u_max, err = output
+    lam_min, lam_max, u_min, u_max, err = output
     ctx.mark_non_differentiable(u_min, u_max, err)
-    ctx.save_for_backward(u_min, u_max)
+    ctx.save_for_backward(inputs[0], lam_min, lam_max, u_min, u_max)
 
 
 def _extreme_eigh_backward(ctx, g_min, g_max, _gu_min, _gu_max, _gerr):
-    u_min, u_max = ctx.saved_tensors
+    S, lam_min, lam_max, u_min, u_max = ctx.saved_tensors
+    _, u_min = _second_order.eigenpair(S, lam_min, u_min)
+    _, u_max = _second_order.eigenpair(S, lam_max, u_max)
     grad = g_min * torch.outer(u_min, u_min) + g_max * torch.outer(u_max, u_max)
     return grad, None, None, None, None, None
 
@@ -215,13 +221,14 @@ torch.library.register_autograd(
 
 
 def _top_eigh_setup(ctx, inputs, output):
-    _, u_max, err = output
+    lam_max, u_max, err = output
     ctx.mark_non_differentiable(u_max, err)
-    ctx.save_for_backward(u_max)
+    ctx.save_for_backward(inputs[0], lam_max, u_max)
 
 
 def _top_eigh_backward(ctx, g_max, _gu_max, _gerr):
-    (u_max,) = ctx.saved_tensors
+    S, lam_max, u_max = ctx.saved_tensors
+    _, u_max = _second_order.eigenpair(S, lam_max, u_max)
     return g_max * torch.outer(u_max, u_max), None, None, None
 
 
@@ -256,3 +263,32 @@ def _r_well_backward(ctx, grad):
 
 
 torch.library.register_autograd("condnum::r_well", _r_well_backward, setup_context=_r_well_setup)
+
+
+# The regularizers' backward ops, differentiated once more (Hessian-vector products).
+
+
+def _r_ill_backward_setup(ctx, inputs, output):
+    grad, S, r, lam_min, u_min, k = inputs
+    ctx.k = k
+    ctx.save_for_backward(grad, S, r, lam_min, u_min)
+
+
+torch.library.register_autograd(
+    "condnum::_r_ill_backward",
+    _second_order.r_ill_backward_vjp,
+    setup_context=_r_ill_backward_setup,
+)
+
+
+def _r_well_backward_setup(ctx, inputs, output):
+    grad, S, lam_max, u_max, k = inputs
+    ctx.k = k
+    ctx.save_for_backward(grad, S, lam_max, u_max)
+
+
+torch.library.register_autograd(
+    "condnum::_r_well_backward",
+    _second_order.r_well_backward_vjp,
+    setup_context=_r_well_backward_setup,
+)

@@ -15,7 +15,9 @@ For kappa, ``sigma_min`` is taken over the numerical range: the smallest eigenva
 ``R_ill`` uses by default the smallest eigenvalue floored at ``rtol * sigma_max``
 (:func:`floored_min`), which is continuous where eigenvalues leave the range.
 Gradients are analytic (``dR_well/dS = sigma_max v v^T - S/k``, ``dR_ill/dS =
-(sigma_min u u^T - S/k) / D^2``): no eigendecomposition is differentiated.
+(sigma_min u u^T - S/k) / D^2``): no eigendecomposition is differentiated. Higher derivatives
+(``create_graph=True``, Hessian-vector products) add the eigenvector's derivative
+``du = -(S - lam I)^+ dS u``: one float64 solve per eigenpair (``condnum._second_order``).
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ def extreme_eigh(
     S's dtype, ``4 eps`` relative to lam_max, is never met). ``v0_min``/``v0_max`` warm-start
     the solver (e.g. the previous step's vectors). Eigenvectors have unit norm and their
     largest-magnitude component positive; for a repeated eigenvalue any unit vector of its
-    eigenspace may be returned. Differentiable in the eigenvalues (``d lam = u^T dS u``);
-    the eigenvectors are not.
+    eigenspace may be returned. Differentiable in the eigenvalues (``d lam = u^T dS u``), to
+    every order; the eigenvectors are not.
     Cost: O(m d^2) Lanczos, plus d^3/3 for the Cholesky when the bottom end needs it.
     """
     S = _as_float(S)
@@ -242,7 +244,8 @@ def r_ill(
       when ``k`` exceeds the number of eigenvalues left in range.
 
     ``D`` is floored at ``64 eps ||S||_F^2 / (2k)`` (``kappa = 1`` gives that finite, large
-    value, not ``+inf``). Differentiable w.r.t. ``S``: ``(sigma_min u u^T - S/k) / D^2``.
+    value, not ``+inf``). Differentiable w.r.t. ``S`` (to every order):
+    ``(sigma_min u u^T - S/k) / D^2``.
     """
     check_square(S, "r_ill")
     k = resolve_k(S, k, "r_ill")
@@ -265,8 +268,8 @@ def r_well(
     """``R_well(S) = 1/2 sigma_max(S)^2 - ||S||_F^2 / (2k)``; ``k`` defaults to d.
 
     ``>= 0`` for ``k <= d``, zero iff all eigenvalues are equal. Differentiable w.r.t.
-    ``S``: ``sigma_max v v^T - S/k``; at a repeated sigma_max any unit ``v`` of the
-    eigenspace is a valid subgradient.
+    ``S`` (to every order): ``sigma_max v v^T - S/k``; at a repeated sigma_max any unit ``v``
+    of the eigenspace is a valid subgradient (and no second derivative exists).
     """
     check_square(S, "r_well")
     k = resolve_k(S, k, "r_well")

@@ -64,8 +64,12 @@ def main() -> None:
     ap.add_argument("--pairs", default="all", help="P:H,... or 'all' (90 ordered pairs)")
     ap.add_argument("--steps", type=int, default=10, help="balanced Algorithm 1 steps per pair")
     ap.add_argument("--whiten-rtol", type=float, default=1e-6)
-    ap.add_argument("--pixels", default="authors", choices=["authors", "unit"],
-                    help="authors: (p/255 - 0.1307)/0.3081, their transform (default); unit: p/255")
+    ap.add_argument(
+        "--pixels",
+        default="authors",
+        choices=["authors", "unit"],
+        help="authors: (p/255 - 0.1307)/0.3081, their transform (default); unit: p/255",
+    )
     ap.add_argument("--backend", default="condnum", choices=["condnum", "reference"])
     ap.add_argument("--compare-backends", action="store_true",
                     help="run every pair with both backends, report both wall times")  # fmt: skip

@@ -48,6 +48,11 @@ SCRIPTS = [
         ["--dtype", "float64", "--methods", "ours", "reference", "--parts"],
         ["N", "d", "method", "ms", "speedup", "value_err", "grad_err"],
     ),
+    (
+        "bench_hvp.py",
+        ["--dtype", "float64"],
+        ["N", "d", "dtype", "ours_ms", "reference_ms", "speedup", "hvp_err"],
+    ),
     ("bench_vit_scale.py", [], ["d", "N", "block_ms", "ours_ms", "ours_frac", "reference_ms"]),
     (
         "bench_training_loop.py",

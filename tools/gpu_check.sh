@@ -53,7 +53,7 @@ out="${out:-gpu_check_out}"
 OP_TESTS=(python_tests/test_extreme_eigh.py python_tests/test_floored_min.py
           python_tests/test_gram.py python_tests/test_regularizers.py python_tests/test_fuzz.py
           python_tests/test_edge.py python_tests/test_fixed_budget.py
-          python_tests/test_regressions.py)
+          python_tests/test_regressions.py python_tests/test_second_order.py)
 STAGES=(build tests_portable tests_native memcheck racecheck bench)
 declare -A KIND=([build]=correctness [tests_portable]=correctness [tests_native]=correctness
                  [memcheck]=correctness [racecheck]=correctness [bench]=benchmark)
