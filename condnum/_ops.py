@@ -165,11 +165,11 @@ def _r_well_backward_fake(grad, S, lam_max, u_max, k):
 
 
 def _gram_setup(ctx, inputs, output):
-    (ctx.Z,) = inputs
+    ctx.save_for_backward(*inputs)
 
 
 def _gram_backward(ctx, grad):
-    Z = ctx.Z
+    (Z,) = ctx.saved_tensors
     G = grad + grad.mT
     return (Z.to(G.dtype) @ G).to(Z.dtype)
 
@@ -181,11 +181,11 @@ torch.library.register_autograd("condnum::gram", _gram_backward, setup_context=_
 
 
 def _covariance_setup(ctx, inputs, output):
-    ctx.theta, ctx.K = inputs
+    ctx.save_for_backward(*inputs)
 
 
 def _covariance_backward(ctx, grad):
-    theta, K = ctx.theta, ctx.K
+    theta, K = ctx.saved_tensors
     grad_theta = (K @ theta) @ (grad + grad.mT) if ctx.needs_input_grad[0] else None
     grad_K = theta @ grad @ theta.mT if ctx.needs_input_grad[1] else None
     return grad_theta, grad_K

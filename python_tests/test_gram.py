@@ -118,6 +118,23 @@ def test_covariance_gradcheck(device):
     assert torch.autograd.gradcheck(lambda t, a: F.covariance(t, a + a.T), (theta, A))
 
 
+def test_covariance_gradgradcheck(device):
+    theta = torch.randn(6, 4, dtype=torch.float64, device=device, requires_grad=True)
+    A = torch.randn(6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t, a: F.covariance(t, a + a.T), (theta, A))
+
+
+def test_inputs_modified_in_place_before_backward_raise(device):
+    """As torch's own ops do: the backward would otherwise read the new values."""
+    Z = torch.randn(7, 5, dtype=torch.float64, device=device, requires_grad=True)
+    K = torch.eye(7, dtype=torch.float64, device=device)
+    for S, modified in ((F.gram(Z), Z), (F.covariance(Z, K), K)):
+        with torch.no_grad():
+            modified.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            S.sum().backward()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(dtype, device):
     Z = torch.randn(9, 4, dtype=dtype, device=device, requires_grad=True)
