@@ -46,7 +46,7 @@ def _eigenpair_vjp(S, lam, u, g_lam, g_u) -> torch.Tensor:
     norm_sq = u.dot(u)
     mu = lam / norm_sq
     v = u / norm_sq.sqrt()
-    beta = torch.linalg.matrix_norm(S) + mu.abs()
+    beta = (torch.linalg.matrix_norm(S) + mu.abs()).detach()  # any beta > 0 gives the same y
     eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
     A = S - mu * eye + beta * torch.outer(v, v)
     y, _ = torch.linalg.solve_ex(A, (g_u - v * v.dot(g_u)).unsqueeze(1))
@@ -80,16 +80,14 @@ def eigenpair(S: torch.Tensor, lam: torch.Tensor, u: torch.Tensor):
 
 
 def _rank_one_vjp(S, lam, u, H) -> torch.Tensor:
-    """The symmetric ``X`` with ``<X, dS> = <H, d(lam u u^T)>`` (float64), the pair
-    differentiable (``eigenpair``), ``H`` symmetric float64."""
-    lam, u = eigenpair(S, lam, u)
+    """The symmetric ``X`` with ``<X, dS> = <H, d(lam u u^T)>`` (float64), for the pair from
+    ``eigenpair`` and a symmetric float64 ``H``."""
     Hu = H @ u.double()
     return _eigenpair_vjp(S, lam, u, u.double().dot(Hu), 2 * lam.double() * Hu)
 
 
 def _spectral_term(S, lam, u, k: int) -> torch.Tensor:
-    """``M = lam u u^T - S/k`` in float64, the pair differentiable."""
-    lam, u = eigenpair(S, lam, u)
+    """``M = lam u u^T - S/k`` in float64."""
     u = u.double()
     return lam.double() * torch.outer(u, u) - _sym(S.double()) / k
 
@@ -99,6 +97,7 @@ def r_well_backward_vjp(ctx, H):
     ``H`` (symmetrised): ``d g = <H, lam u u^T - S/k>``, ``d S = g (X(H) - H/k)``, ``X`` of
     ``_rank_one_vjp``. Differentiable again."""
     g, S, lam, u = ctx.saved_tensors
+    lam, u = eigenpair(S, lam, u)
     H = _sym(H.double())
     grad_g = (H * _spectral_term(S, lam, u, ctx.k)).sum()
     grad_S = g.double() * (_rank_one_vjp(S, lam, u, H) - H / ctx.k)
@@ -111,6 +110,7 @@ def r_ill_backward_vjp(ctx, H):
     ``S`` through ``R_ill``'s own gradient), ``d S = g R^2 (X(H) - H/k)``. A zero ``g`` gives
     zeros, even where ``R = +inf``, as the first-order gradient does. Differentiable again."""
     g, S, r, lam, u = ctx.saved_tensors
+    lam, u = eigenpair(S, lam, u)
     H, g64, R = _sym(H.double()), g.double(), r.double()
     t = (H * _spectral_term(S, lam, u, ctx.k)).sum()
     zero = g64 == 0
