@@ -79,17 +79,15 @@ def eigenpair(S: torch.Tensor, lam: torch.Tensor, u: torch.Tensor):
     return _EigenPair.apply(S, lam, u)
 
 
-def _rank_one_vjp(S, lam, u, H) -> torch.Tensor:
+def _rank_one_vjp(S, lam, u, H, Hu) -> torch.Tensor:
     """The symmetric ``X`` with ``<X, dS> = <H, d(lam u u^T)>`` (float64), for the pair from
-    ``eigenpair`` and a symmetric float64 ``H``."""
-    Hu = H @ u.double()
+    ``eigenpair``, a symmetric float64 ``H`` and ``Hu = H u``."""
     return _eigenpair_vjp(S, lam, u, u.double().dot(Hu), 2 * lam.double() * Hu)
 
 
-def _spectral_term(S, lam, u, k: int) -> torch.Tensor:
-    """``M = lam u u^T - S/k`` in float64."""
-    u = u.double()
-    return lam.double() * torch.outer(u, u) - _sym(S.double()) / k
+def _pairing(S, lam, u, H, Hu, k: int) -> torch.Tensor:
+    """``<H, lam u u^T - S/k> = lam u^T H u - <H, S>/k`` (float64, ``H`` symmetric)."""
+    return lam.double() * u.double().dot(Hu) - (H * S.double()).sum() / k
 
 
 def r_well_backward_vjp(ctx, H):
@@ -99,8 +97,9 @@ def r_well_backward_vjp(ctx, H):
     g, S, lam, u = ctx.saved_tensors
     lam, u = eigenpair(S, lam, u)
     H = _sym(H.double())
-    grad_g = (H * _spectral_term(S, lam, u, ctx.k)).sum()
-    grad_S = g.double() * (_rank_one_vjp(S, lam, u, H) - H / ctx.k)
+    Hu = H @ u.double()
+    grad_g = _pairing(S, lam, u, H, Hu, ctx.k)
+    grad_S = g.double() * (_rank_one_vjp(S, lam, u, H, Hu) - H / ctx.k)
     return grad_g.to(g.dtype), grad_S.to(S.dtype), None, None, None
 
 
@@ -112,9 +111,10 @@ def r_ill_backward_vjp(ctx, H):
     g, S, r, lam, u = ctx.saved_tensors
     lam, u = eigenpair(S, lam, u)
     H, g64, R = _sym(H.double()), g.double(), r.double()
-    t = (H * _spectral_term(S, lam, u, ctx.k)).sum()
+    Hu = H @ u.double()
+    t = _pairing(S, lam, u, H, Hu, ctx.k)
     zero = g64 == 0
     grad_r = torch.where(zero, 0.0, 2 * (g64 * R) * t)
-    grad_S = (g64 * R) * (R * (_rank_one_vjp(S, lam, u, H) - H / ctx.k))
+    grad_S = (g64 * R) * (R * (_rank_one_vjp(S, lam, u, H, Hu) - H / ctx.k))
     grad_S = torch.where(zero, 0.0, grad_S)
     return (R * R * t).to(g.dtype), grad_S.to(S.dtype), grad_r.to(r.dtype), None, None, None
