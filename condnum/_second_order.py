@@ -38,21 +38,21 @@ def _eigenpair_vjp(S, lam, u, g_lam, g_u) -> torch.Tensor:
     deflation makes the system regular where ``mu`` is simple; ``beta = |S|_F + |mu|`` is on
     the scale of the other eigenvalues' distances to ``mu``. ``g_lam``, ``g_u``: None is zero.
     """
-    S, lam, u = _sym(S.double()), lam.double(), u.double()
-    X = torch.zeros_like(S) if g_lam is None else g_lam.double() * torch.outer(u, u)
+    u = u.double()
+    X = None if g_lam is None else g_lam.double() * torch.outer(u, u)
     if g_u is None:
-        return X
-    g_u = g_u.double()
+        return X if X is not None else torch.zeros_like(S, dtype=torch.float64)
+    S, g_u = _sym(S.double()), g_u.double()
     norm_sq = u.dot(u)
-    mu = lam / norm_sq
+    mu = lam.double() / norm_sq
     v = u / norm_sq.sqrt()
     beta = (torch.linalg.matrix_norm(S) + mu.abs()).detach()  # any beta > 0 gives the same y
     eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
     A = S - mu * eye + beta * torch.outer(v, v)
     y, _ = torch.linalg.solve_ex(A, (g_u - v * v.dot(g_u)).unsqueeze(1))
     y = y.squeeze(1)
-    y = y - v * v.dot(y)
-    return X - _sym(torch.outer(y, u))
+    Y = -_sym(torch.outer(y - v * v.dot(y), u))
+    return Y if X is None else X + Y
 
 
 class _EigenPair(torch.autograd.Function):
