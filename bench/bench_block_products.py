@@ -13,7 +13,9 @@ one panel per thread (bench/_row_panels.py), and `panels_over_mv` is its time ov
 whether splitting S by hand beats the BLAS's own threading of the small product.
 On the CPU, `own_mv_ms` times the native solver's own product kernel
 (``torch.ops.condnum._matvec``) for one vector and, for k = 2, `own_ms` its paired product
-(one pass over S for both vectors; nan for other k), with `own_over_mv` = own_ms / mv_ms.
+(one pass over S for both vectors; nan for other k), with `own_over_mv` = own_ms / mv_ms;
+`tri_mv_ms`, `tri_ms` and `tri_over_mv` the same for the kernel the plain Lanczos steps use,
+which reads only S's upper triangle (``torch.ops.condnum._symmetric_matvec``).
 
     python bench/bench_block_products.py --quick
     python bench/bench_block_products.py --d 768 2048 --k 2 4 --name block_products
@@ -42,7 +44,8 @@ def main() -> None:
     if args.row_panels and device.type != "cpu":
         p.error("--row-panels times a CPU product: use --device cpu")
     panels = ["panels_ms", "panels_over_mv"] if args.row_panels else []
-    own = ["own_mv_ms", "own_ms", "own_over_mv"] if device.type == "cpu" else []
+    own = ["own_mv_ms", "own_ms", "own_over_mv", "tri_mv_ms", "tri_ms", "tri_over_mv"]
+    own = own if device.type == "cpu" else []
     ds = args.d or ([256] if args.quick else [768, 2048])
     mrt = args.min_run_time or (0.05 if args.quick else 0.5)
     table = H.Table(
@@ -61,8 +64,9 @@ def main() -> None:
             gen = torch.Generator(device=device).manual_seed(0)
             v = torch.randn(d, dtype=dtype, device=device, generator=gen)
             t_mv = H.timeit(lambda: torch.mv(S, v), mrt)  # noqa: B023
+            kernels = {"own": torch.ops.condnum._matvec, "tri": torch.ops.condnum._symmetric_matvec}
             if own:
-                t_own = H.timeit(lambda: torch.ops.condnum._matvec(S, v), mrt)  # noqa: B023
+                t_one = {name: H.timeit(lambda: f(S, v), mrt) for name, f in kernels.items()}  # noqa: B023
             for k in args.k:
                 Vt = torch.randn(k, d, dtype=dtype, device=device, generator=gen)
                 V = Vt.T.contiguous()
@@ -70,12 +74,16 @@ def main() -> None:
                 t_rows = H.timeit(lambda: Vt @ S, mrt)  # noqa: B023
                 best = min(t_cols, t_rows)
                 extra = {}
-                if own:
+                for name, f in kernels.items() if own else ():
                     t_pair = math.nan
                     if k == 2:
-                        torch.testing.assert_close(torch.ops.condnum._matvec(S, Vt), Vt @ S)
-                        t_pair = H.timeit(lambda: torch.ops.condnum._matvec(S, Vt), mrt)  # noqa: B023
-                    extra = {"own_mv_ms": t_own, "own_ms": t_pair, "own_over_mv": t_pair / t_mv}
+                        torch.testing.assert_close(f(S, Vt), Vt @ S)
+                        t_pair = H.timeit(lambda: f(S, Vt), mrt)  # noqa: B023
+                    extra |= {
+                        f"{name}_mv_ms": t_one[name],
+                        f"{name}_ms": t_pair,
+                        f"{name}_over_mv": t_pair / t_mv,
+                    }
                 if args.row_panels:
                     torch.testing.assert_close(row_panel_product(S, Vt), Vt @ S)
                     t_panels = H.timeit(lambda: row_panel_product(S, Vt), mrt)  # noqa: B023

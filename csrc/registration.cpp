@@ -42,6 +42,10 @@ TORCH_LIBRARY(condnum, m) {
   m.def("_matvec_choice() -> str",
         []() -> std::string { return condnum::matvec_name(condnum::matvec_choice()); });
   m.def("_matvec(Tensor A, Tensor x) -> Tensor");
+  // The own kernel of the plain Lanczos steps' product (csrc/cpu/symmetric_matvec.h): S x
+  // from the upper triangle of a (d, d) float32/float64 S (the lower one is not read), x of
+  // shape (d,), or (2, d) for the paired product (for tests).
+  m.def("_symmetric_matvec(Tensor S, Tensor x) -> Tensor");
   // The own kernel of the CPU solvers' shift-and-invert solve (csrc/cpu/cholesky_solve.h):
   // (U^T U)^{-1} b for a float64 U upper triangular in the upper triangle of a (d, d) tensor
   // (the lower triangle is not read), b of shape (d,), or (2, d) for the paired solve (for

@@ -23,7 +23,12 @@ ops = torch.ops.condnum
 DEVICE_INDEPENDENT = {"condnum::_built_with_cuda", "condnum::_matvec_choice"}
 #: The CPU solvers' own product, Gram-Schmidt and Cholesky-solve kernels, exposed for their
 #: tests: CPU only, no autograd.
-CPU_ONLY = {"condnum::_matvec", "condnum::_gram_schmidt_pass", "condnum::_cholesky_solve"}
+CPU_ONLY = {
+    "condnum::_matvec",
+    "condnum::_symmetric_matvec",
+    "condnum::_gram_schmidt_pass",
+    "condnum::_cholesky_solve",
+}
 #: Ops without a hand-written CUDA kernel: the portable implementation serves them on CUDA
 #: under every backend (a CUDA kernel would compose the unverified CUDA solver's pieces).
 PORTABLE_ON_CUDA = {"condnum::floored_min"}

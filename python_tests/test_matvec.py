@@ -1,8 +1,9 @@
 """The CPU solvers' product S v and Gram-Schmidt pass: condnum's own kernels
-(``torch.ops.condnum._matvec``, ``_gram_schmidt_pass``) against a float64 reference, which
-kernels the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an AMD CPU: the product, the
-Gram-Schmidt pass and the shift-and-invert solve of test_cholesky_solve.py), and the native
-solvers under both, whichever the machine would pick."""
+(``torch.ops.condnum._matvec``, ``_symmetric_matvec``, ``_gram_schmidt_pass``) against a
+float64 reference, which kernels the solvers pick (``CONDNUM_MATVEC``, else own for MKL on an
+AMD CPU: the product, the Gram-Schmidt pass and the shift-and-invert solve of
+test_cholesky_solve.py), and the native solvers under both, whichever the machine would
+pick."""
 
 from __future__ import annotations
 
@@ -83,7 +84,64 @@ def test_own_gram_schmidt_pass_is_within_the_rounding_bound(Vw):
     assert ((out.double() - (w64 - V64.T @ h64)).abs() <= bound).all()
 
 
+@st.composite
+def symmetric_products(draw):
+    """(S, x, x2): symmetric S of sizes around the triangle kernel's blocks (4 rows; 8 float32
+    or 4 float64 columns a register) and chunks (one per 192 rows, up to 16), entries spread
+    over `decades` orders of magnitude with mixed signs, and NaN below the diagonal: the
+    kernel must not read there."""
+    d = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 17, 33, 64, 65, 191, 192, 385, 401, 777]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    decades = draw(st.sampled_from([0.0, 6.0]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    A *= 10.0 ** (-decades * torch.rand(d, d, generator=g, dtype=torch.float64))
+    S = (A + A.T).to(dtype)
+    x = torch.randn(2, d, generator=g, dtype=torch.float64).to(dtype)
+    return S, x[0], x[1]
+
+
+def _nan_below_diagonal(S: torch.Tensor) -> torch.Tensor:
+    out = S.clone()
+    out[torch.ones_like(S, dtype=torch.bool).tril(-1)] = float("nan")
+    return out
+
+
+@given(symmetric_products())
+def test_symmetric_matvec_reads_the_upper_triangle_within_the_dot_product_bound(Sx):
+    """S x from S's upper triangle only (NaN below the diagonal changes no bit), each y_i within
+    gamma_n sum_j |S_ij x_j|, n = d + 32: a term passes at most d additions along its row or
+    its chunk's column buffer, 8 more in the lanes, one per chunk (at most 16) and the final
+    one."""
+    S, x, _ = Sx
+    y = ops._symmetric_matvec(S, x)
+    assert y.dtype == S.dtype and y.shape == x.shape
+    if _cpu_flags() >= {"avx2", "fma"}:  # else the row kernel serves, reading all of S
+        assert torch.equal(ops._symmetric_matvec(_nan_below_diagonal(S), x), y)
+    S64, x64 = S.double(), x.double()
+    n = S.shape[0] + 32
+    eps = torch.finfo(S.dtype).eps / 2
+    bound = n * eps / (1 - n * eps) * (S64.abs() @ x64.abs())
+    assert ((y.double() - S64 @ x64).abs() <= bound).all()
+
+
+@given(symmetric_products())
+def test_paired_symmetric_matvec_gives_each_vector_the_single_products_bits(Sx):
+    S, x, x2 = Sx
+    y = ops._symmetric_matvec(S, torch.stack((x, x2)))
+    assert y.shape == (2, S.shape[0])
+    assert torch.equal(y[0], ops._symmetric_matvec(S, x))
+    assert torch.equal(y[1], ops._symmetric_matvec(S, x2))
+
+
 def test_own_kernels_are_the_same_at_any_thread_count():
+    """The row kernel, the Gram-Schmidt pass and the triangle kernel (S of d = 768: four
+    chunks, so both threads take two) give the same bits on one thread and on two."""
+
+    def products_of(A, x):
+        S = A[:768] + A[:768].T
+        return ops._matvec(A, x), *ops._gram_schmidt_pass(A[:128], x), ops._symmetric_matvec(S, x)
+
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         A = torch.randn(1000, 768, generator=g, dtype=dtype)
@@ -91,9 +149,9 @@ def test_own_kernels_are_the_same_at_any_thread_count():
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
-            one = ops._matvec(A, x), *ops._gram_schmidt_pass(A[:128], x)
+            one = products_of(A, x)
             torch.set_num_threads(2)
-            two = ops._matvec(A, x), *ops._gram_schmidt_pass(A[:128], x)
+            two = products_of(A, x)
         finally:
             torch.set_num_threads(threads)
         assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
@@ -106,21 +164,34 @@ def test_own_kernels_reject_bad_shapes_and_dtypes():
         ops._matvec(torch.ones(3, 4), torch.ones(3, 4))  # three vectors: only pairs
     with pytest.raises(ValueError, match="must both be float32 or both float64"):
         ops._matvec(torch.ones(3, 4), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="S must be"):
+        ops._symmetric_matvec(torch.ones(3, 4), torch.ones(4))
+    with pytest.raises(ValueError, match="S must be"):
+        ops._symmetric_matvec(torch.ones(4, 4), torch.ones(3, 4))
+    with pytest.raises(ValueError, match="must both be float32 or both float64"):
+        ops._symmetric_matvec(torch.ones(4, 4), torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="V must be"):
         ops._gram_schmidt_pass(torch.ones(3, 4), torch.ones(3))
     with pytest.raises(ValueError, match="must both be float32 or both float64"):
         ops._gram_schmidt_pass(torch.ones(3, 4, dtype=torch.float64), torch.ones(4))
 
 
+def _cpuinfo() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text() if cpuinfo.exists() else ""
+
+
+def _cpu_flags() -> set[str]:
+    found = re.search(r"^flags\s*:(.*)$", _cpuinfo(), re.M)
+    return set(found.group(1).split()) if found else set()
+
+
 def _mkl_on_amd() -> bool:
     """The rule the kernel applies, read independently: torch's BLAS is MKL and the CPU is an
     AMD one with AVX2 and FMA."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not torch.backends.mkl.is_available() or not cpuinfo.exists():
+    if not torch.backends.mkl.is_available():
         return False
-    text = cpuinfo.read_text()
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
-    return "AuthenticAMD" in text and {"avx2", "fma"} <= flags
+    return "AuthenticAMD" in _cpuinfo() and {"avx2", "fma"} <= _cpu_flags()
 
 
 def test_the_choice_follows_the_environment_and_the_cpu(monkeypatch):
@@ -144,10 +215,12 @@ CASES = [
 
 @pytest.mark.parametrize("name,spectrum", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_native_solvers_agree_under_both_kernels(monkeypatch, name, spectrum, dtype):
+@pytest.mark.parametrize("d", [160, 768])
+def test_native_solvers_agree_under_both_kernels(monkeypatch, name, spectrum, dtype, d):
     """extreme_eigh and top_eigh meet tol against float64 eigvalsh under either product, with
-    err covering the true error; the two runs agree within their error bounds."""
-    d = 160
+    err covering the true error; the two runs agree within their error bounds. The own
+    kernels multiply a float64 S of d = 768 (4.5 MiB) by its upper triangle, the others row
+    by row."""
     S = spd_from_spectrum(spectrum(d), seed=11, dtype=dtype)
     ev = torch.linalg.eigvalsh(S.double())
     rtol = dtype_rtol(S)

@@ -57,6 +57,28 @@ inline void check_vector_for(const at::Tensor& v, const at::Tensor& S, const cha
   check_same(v, S, op, arg, "S");
 }
 
+// A kernel test op's operands: A (rows, cols), square if `square`, and v of shape (cols,), or
+// (2, cols) for two vectors as rows.
+inline void check_one_or_two_vectors(const at::Tensor& A, const at::Tensor& v, bool square,
+                                     const char* op, const char* a_name, const char* v_name) {
+  const char* n = square ? "d" : "cols";
+  TORCH_CHECK_VALUE(A.dim() == 2 && (!square || A.size(0) == A.size(1)) &&
+                        (v.dim() == 1 || (v.dim() == 2 && v.size(0) == 2)) &&
+                        v.size(-1) == A.size(1),
+                    "condnum.", op, ": ", a_name, " must be ", square ? "(d, d)" : "(rows, cols)",
+                    " and ", v_name, " (", n, ",) or (2, ", n, "), got ", A.sizes(), " and ",
+                    v.sizes());
+}
+
+// A kernel test op's two operands: both float32 or both float64.
+inline void check_same_float(const at::Tensor& a, const at::Tensor& b, const char* op,
+                             const char* a_name, const char* b_name) {
+  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type() &&
+                        (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
+                    "condnum.", op, ": ", a_name, " and ", b_name,
+                    " must both be float32 or both float64");
+}
+
 // The eigen-solvers' budget and accuracy arguments.
 inline void check_budget(int64_t num_iters, double tol, const char* op) {
   TORCH_CHECK_VALUE(num_iters >= 1, "condnum.", op, ": num_iters must be >= 1, got ", num_iters);

@@ -15,6 +15,7 @@
 #endif
 
 #include "cpu/avx2.h"
+#include "cpu/checks.h"
 
 namespace condnum {
 namespace {
@@ -270,11 +271,7 @@ namespace {
 
 // b: (d,) or (2, d) -> (U^T U)^{-1} b by the own kernel.
 at::Tensor own_cholesky_solve_op(const at::Tensor& U, const at::Tensor& b) {
-  TORCH_CHECK_VALUE(U.dim() == 2 && U.size(0) == U.size(1) &&
-                        (b.dim() == 1 || (b.dim() == 2 && b.size(0) == 2)) &&
-                        b.size(-1) == U.size(0),
-                    "condnum._cholesky_solve: U must be (d, d) and b (d,) or (2, d), got ",
-                    U.sizes(), " and ", b.sizes());
+  check_one_or_two_vectors(U, b, /*square=*/true, "_cholesky_solve", "U", "b");
   TORCH_CHECK_VALUE(U.scalar_type() == at::kDouble && b.scalar_type() == at::kDouble,
                     "condnum._cholesky_solve: U and b must be float64");
   auto x = b.contiguous().clone().reshape({-1, U.size(0)});

@@ -54,6 +54,7 @@
 #include "cpu/cholesky_solve.h"
 #include "cpu/lanczos.h"
 #include "cpu/matvec.h"
+#include "cpu/symmetric_matvec.h"
 #include "solver_policy.h"
 
 namespace condnum {
@@ -193,14 +194,12 @@ template <typename scalar_t>
 Plain plain_lanczos(const at::Tensor& W, const at::Tensor& start, int64_t num_iters, double tol,
                     double rtol, bool want_bottom, const char* op, bool factor_paid) {
   const int64_t d = W.size(0);
-  const Matvec product = matvec_choice();
-  const typename Lanczos<scalar_t>::Operator apply = [&W, product](const at::Tensor& v,
-                                                                    at::Tensor& w) {
-    matvec_out(w, W, v, product);
-  };
+  SymmetricProduct product(W, matvec_choice(), triangle_pays(W));
+  const typename Lanczos<scalar_t>::Operator apply = [&product](const at::Tensor& v,
+                                                                at::Tensor& w) { product(w, v); };
   const typename Lanczos<scalar_t>::PairOperator apply2 =
-      [&W, product](const at::Tensor& va, const at::Tensor& vb, at::Tensor& wa, at::Tensor& wb) {
-        matvec2_out(wa, wb, W, va, vb, product);
+      [&product](const at::Tensor& va, const at::Tensor& vb, at::Tensor& wa, at::Tensor& wb) {
+        product(wa, wb, va, vb);
       };
   Lanczos<scalar_t> lz(d, num_iters, apply, W.options(), "condnum::lanczos_step");
   Lanczos<scalar_t> ck(d, num_iters, apply, W.options(), "condnum::lanczos_step");

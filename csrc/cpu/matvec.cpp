@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/avx2.h"
+#include "cpu/checks.h"
 
 namespace condnum {
 namespace {
@@ -242,13 +243,8 @@ namespace {
 
 // x: (cols,) -> A x, or (2, cols) -> its rows' products as rows, by the paired kernel.
 at::Tensor own_matvec_op(const at::Tensor& A, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(A.dim() == 2 && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 2)) &&
-                        x.size(-1) == A.size(1),
-                    "condnum._matvec: A must be (rows, cols) and x (cols,) or (2, cols), got ",
-                    A.sizes(), " and ", x.sizes());
-  TORCH_CHECK_VALUE(A.scalar_type() == x.scalar_type() &&
-                        (A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble),
-                    "condnum._matvec: A and x must both be float32 or both float64");
+  check_one_or_two_vectors(A, x, /*square=*/false, "_matvec", "A", "x");
+  check_same_float(A, x, "_matvec", "A", "x");
   const auto a = A.contiguous();
   const auto xc = x.contiguous();
   if (x.dim() == 1) {
@@ -267,9 +263,7 @@ std::tuple<at::Tensor, at::Tensor> own_gram_schmidt_op(const at::Tensor& V, cons
   TORCH_CHECK_VALUE(V.dim() == 2 && w.dim() == 1 && w.size(0) == V.size(1),
                     "condnum._gram_schmidt_pass: V must be (rows, cols) and w (cols,), got ",
                     V.sizes(), " and ", w.sizes());
-  TORCH_CHECK_VALUE(V.scalar_type() == w.scalar_type() &&
-                        (V.scalar_type() == at::kFloat || V.scalar_type() == at::kDouble),
-                    "condnum._gram_schmidt_pass: V and w must both be float32 or both float64");
+  check_same_float(V, w, "_gram_schmidt_pass", "V", "w");
   auto out = w.contiguous().clone();
   auto h = at::empty({V.size(0)}, V.options());
   gram_schmidt_pass(V.contiguous(), V.size(0), out, h, Matvec::own);

@@ -1,11 +1,13 @@
-// y = A x on the CPU for a row-major A: the product of every plain Lanczos step; and the
-// Gram-Schmidt pass of every Lanczos step.
+// y = A x on the CPU for a row-major A, row by row: the Gram-Schmidt pass of every Lanczos
+// step, and the product of a plain Lanczos step where the triangle kernel of
+// symmetric_matvec.h does not serve (CONDNUM_MATVEC=blas, or a CPU without AVX2 and FMA).
 //
 // torch's BLAS is MKL in the x86 wheels, and MKL takes a generic code path on CPUs that are
 // not Intel's: on an AMD EPYC (Zen 4, d = 768) torch.mv on 2 threads ran at about half the
-// speed of the loop below on one (float32 62 us against 33 us, float64 107 against 64). So on such
-// a CPU the solvers multiply by S here; elsewhere through torch (at::mv). The same choice
-// picks the Gram-Schmidt passes (below) and the shift-and-invert solve (cholesky_solve.h).
+// speed of the loop below on one (float32 62 us against 33 us, float64 107 against 64). So on
+// such a CPU the solvers multiply by S with their own kernels; elsewhere through torch
+// (at::mv). The same choice picks the Gram-Schmidt passes (below) and the shift-and-invert
+// solve (cholesky_solve.h).
 // CONDNUM_MATVEC=own|blas overrides it (read at every solve, so a test can switch it).
 //
 // own_matvec: y_i = sum_j A_ij x_j, rows split across threads (at::parallel_for) and taken
