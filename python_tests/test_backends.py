@@ -67,6 +67,37 @@ def test_every_device_without_a_native_kernel_gets_the_portable_one():
         assert re.search(r"^Meta: registered at \S+library\.py", table, re.M)  # fake kernels
 
 
+def test_a_device_without_float64_gets_an_error_that_names_the_remedy(monkeypatch):
+    """MPS has no float64, which the solvers and the regularizers use on the input's device:
+    their portable implementations raise a TypeError saying so, while gram and covariance
+    still run. Emulated on the CPU by making the portable path's float64 probe say no."""
+    from condnum.portable import registration
+
+    assert registration._has_float64(torch.device("cpu"))
+    S = spd_from_spectrum(log_spectrum(12, 1e2, seed=0), seed=0, dtype=torch.float32)
+    Z = torch.randn(20, 12, generator=torch.Generator().manual_seed(0))
+    u, one = torch.ones(12) / 12**0.5, torch.ones(())
+    solves = [
+        ("extreme_eigh", lambda: F.extreme_eigh(S)),
+        ("top_eigh", lambda: F.top_eigh(S)),
+        ("floored_min", lambda: F.floored_min(S)),
+        ("r_ill", lambda: ops.r_ill(S, one, u, 12)),
+        ("r_well", lambda: ops.r_well(S, one, u, 12)),
+        ("r_ill_backward", lambda: ops._r_ill_backward(one, S, one, one, u, 12)),
+        ("r_well_backward", lambda: ops._r_well_backward(one, S, one, u, 12)),
+        ("floored_min", lambda: condnum.RIll()(Z)),  # the module's first solve
+        ("top_eigh", lambda: condnum.RWell()(Z)),
+    ]
+    monkeypatch.setattr(registration, "_has_float64", lambda device: False)
+    with condnum.backend("portable"):
+        torch.testing.assert_close(F.gram(Z), Z.mT @ Z)
+        torch.testing.assert_close(F.covariance(Z, torch.eye(20)), Z.mT @ Z)
+        for name, solve in solves:
+            with pytest.raises(TypeError, match=rf"^condnum\.{name}: .* cpu has no float64; move"):
+                solve()
+    assert torch.isfinite(F.extreme_eigh(S)[0])  # the native CPU kernel needs no probe
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="condnum.backend: the backend must be one of"):
         condnum.backend("cuda")

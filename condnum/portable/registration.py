@@ -1,9 +1,14 @@
 """Which implementation serves the ``torch.ops.condnum`` ops: native kernels or portable.
 
 The portable implementation is registered once for ``CompositeExplicitAutograd``, so it
-serves every device without a kernel of its own (CUDA in a CPU-only build, MPS, XPU);
-the meta device keeps the fake kernels. A *backend* then decides, for the devices that do
-have native kernels, which one runs:
+serves every device without a kernel of its own (CUDA in a CPU-only build, XPU); the meta
+device keeps the fake kernels. The solvers and the regularizers work in float64 on the
+input's device (the shift-and-invert factor, the Ritz vectors, the regularizers'
+coefficients, the ``err`` output): on a device without float64 (MPS) they raise a
+``TypeError`` that says so and names the remedy, instead of failing inside a solve. ``gram``
+and ``covariance`` form their products in the input's dtype there.
+
+A *backend* then decides, for the devices that do have native kernels, which one runs:
 
 - ``"native"``: the C++ kernels (CPU, and CUDA when built with it);
 - ``"portable"``: the portable implementation on every device;
@@ -20,6 +25,7 @@ condnum op. Compiled graphs call the op through the dispatcher and follow the sw
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -52,8 +58,34 @@ def _top_eigh(S, num_iters: int, tol: float, v0):
     return eigh.top_eigh(S, num_iters, tol, v0)
 
 
-#: op name -> portable implementation.
-IMPLEMENTATIONS = {
+@functools.cache
+def _has_float64(device: torch.device) -> bool:
+    """Whether ``device`` can hold float64 tensors (MPS cannot)."""
+    try:
+        torch.zeros((), dtype=torch.float64, device=device)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _on_float64_device(name: str, fn):
+    """``fn`` behind a check that its first argument's device has float64."""
+
+    @functools.wraps(fn)
+    def checked(x: torch.Tensor, *args):
+        if not _has_float64(x.device):
+            raise TypeError(
+                f"condnum.{name.lstrip('_')}: the eigen-solvers and the regularizers work in "
+                f"float64 on the input's device, and {x.device.type} has no float64; move the "
+                "input to the CPU (condnum's native kernels; gradients flow back through "
+                "`.cpu()`) or to a device with float64 (CUDA)"
+            )
+        return fn(x, *args)
+
+    return checked
+
+
+_PORTABLE = {
     "gram": products.gram,
     "covariance": products.covariance,
     "extreme_eigh": _extreme_eigh,
@@ -63,6 +95,13 @@ IMPLEMENTATIONS = {
     "_r_ill_backward": regularizers.r_ill_backward,
     "r_well": regularizers.r_well,
     "_r_well_backward": regularizers.r_well_backward,
+}
+_PRODUCTS = ("gram", "covariance")  # float64 only where torch may lower float32 matmuls,
+# or to symmetrise K
+#: op name -> portable implementation.
+IMPLEMENTATIONS = {
+    name: fn if name in _PRODUCTS else _on_float64_device(name, fn)
+    for name, fn in _PORTABLE.items()
 }
 
 _composite = torch.library.Library("condnum", "IMPL")
