@@ -1,6 +1,6 @@
 # Prepares what a CUDA build of torch's CMake config (Caffe2's legacy FindCUDA) needs, before
 # find_package(Torch): the toolkit folder, libnvrtc, and architectures nvcc supports.
-# With a CPU torch (no CUDA kernels possible) the results go unused.
+# Included only for a CUDA build of torch.
 #
 # Toolkit folder, found as torch.utils.cpp_extension finds CUDA_HOME:
 #   CUDA_TOOLKIT_ROOT_DIR if given, else $CUDA_HOME or $CUDA_PATH, else the folder of the
