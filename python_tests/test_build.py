@@ -4,13 +4,17 @@ Every condnum op has a CPU kernel and, in a CUDA build (``condnum.built_with_cud
 CUDA kernel (``floored_min`` aside: the portable one serves it on CUDA): checked in the
 dispatch table, so a CUDA build is verified on a machine
 without a GPU. The fake (meta) kernels pass ``torch.library.opcheck`` on meta tensors,
-where no device kernel runs. Importing condnum does not initialise CUDA.
+where no device kernel runs. Importing condnum does not initialise CUDA. With no CUDA
+toolkit in reach, CMake's configure step succeeds for CONDNUM_CUDA=OFF against any torch
+and stops with its reason for CONDNUM_CUDA=ON.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ import torch
 import condnum
 
 ops = torch.ops.condnum
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Ops whose kernel does not depend on the device (a build flag, a setting, not a tensor op).
 DEVICE_INDEPENDENT = {"condnum::_built_with_cuda", "condnum::_matvec_choice"}
@@ -102,3 +107,32 @@ def test_opcheck_on_meta(dtype):
 def test_import_does_not_initialise_cuda():
     code = "import torch, condnum; assert not torch.cuda.is_initialized()"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def _configure(build_dir: Path, cuda: str) -> subprocess.CompletedProcess:
+    """CMake's configure step of this checkout with ``CONDNUM_CUDA=cuda``, for this Python's
+    torch, where no CUDA toolkit can be found: ``CUDA_HOME`` points nowhere and PATH holds
+    only this environment's tools (cmake, ninja) and the system's compilers."""
+    tools = Path(sys.executable).parent
+    if not (tools / "cmake").exists() or not (tools / "ninja").exists():
+        pytest.skip("cmake and ninja are not installed beside this Python (tools/install.sh)")
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_PATH", "CUDACXX")}
+    env |= {"CUDA_HOME": str(build_dir / "no-toolkit"), "PATH": f"{tools}:/usr/bin:/bin"}
+    cmd = [tools / "cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja",
+           f"-DPython_EXECUTABLE={sys.executable}", f"-DCONDNUM_CUDA={cuda}"]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_build_without_the_cuda_kernels_needs_no_cuda_toolkit(tmp_path):
+    """CONDNUM_CUDA=OFF configures against any torch, a CUDA build included, without a
+    toolkit: torch is then taken from Python, not from its CMake config."""
+    out = _configure(tmp_path, "OFF")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "condnum: CUDA kernels OFF: condnum was asked for no CUDA kernels" in out.stdout
+
+
+def test_cuda_on_without_what_it_needs_stops_at_configure_with_the_reason(tmp_path):
+    out = _configure(tmp_path, "ON")
+    assert out.returncode != 0
+    reason = "torch is a CPU build" if torch.version.cuda is None else ""
+    assert f"CONDNUM_CUDA=ON, but {reason}" in " ".join(out.stderr.split())
