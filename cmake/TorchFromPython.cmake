@@ -12,6 +12,7 @@
 set(_condnum_torch_query [=[
 import torch
 import torch.utils.cpp_extension as ext
+print("@condnum-torch@")
 print("|".join(ext.include_paths()))
 print(ext.library_paths()[0])
 print(int(torch._C._GLIBCXX_USE_CXX11_ABI))
@@ -25,6 +26,8 @@ if(NOT _condnum_torch_rc EQUAL 0)
   message(FATAL_ERROR "condnum: ${Python_EXECUTABLE} cannot import torch (build with "
                       "--no-build-isolation, after installing torch):\n${_condnum_torch_error}")
 endif()
+# only what follows the marker: importing torch may print lines of its own
+string(REGEX REPLACE "^.*@condnum-torch@\n" "" _condnum_torch "${_condnum_torch}")
 string(REPLACE "\n" ";" _condnum_torch "${_condnum_torch}")
 list(GET _condnum_torch 0 _condnum_torch_includes)
 string(REPLACE "|" ";" _condnum_torch_includes "${_condnum_torch_includes}")
