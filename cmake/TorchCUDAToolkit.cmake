@@ -1,6 +1,6 @@
 # Prepares what a CUDA build of torch's CMake config (Caffe2's legacy FindCUDA) needs, before
 # find_package(Torch): the toolkit folder, libnvrtc, and architectures nvcc supports.
-# Included only for a CUDA build of torch.
+# Included only for a CUDA build of torch, after TorchFromPython.cmake.
 #
 # Toolkit folder, found as torch.utils.cpp_extension finds CUDA_HOME:
 #   CUDA_TOOLKIT_ROOT_DIR if given, else $CUDA_HOME or $CUDA_PATH, else the folder of the
@@ -66,11 +66,8 @@ if(CUDA_TOOLKIT_ROOT_DIR)
   find_library(CUDA_nvrtc_LIBRARY nvrtc PATHS "${CUDA_TOOLKIT_ROOT_DIR}"
                PATH_SUFFIXES lib64 lib lib/x64 NO_DEFAULT_PATH)
   if(NOT CUDA_nvrtc_LIBRARY)
-    execute_process(
-      COMMAND "${Python_EXECUTABLE}" -c
-              "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])"
-      OUTPUT_VARIABLE _condnum_torch_dir OUTPUT_STRIP_TRAILING_WHITESPACE)
-    file(GLOB _condnum_nvrtc "${_condnum_torch_dir}/../nvidia/*/lib/libnvrtc.so.[0-9]*")
+    # the wheels' nvidia/ folder lies beside torch/ (CONDNUM_TORCH_LIB_DIR is torch/lib)
+    file(GLOB _condnum_nvrtc "${CONDNUM_TORCH_LIB_DIR}/../../nvidia/*/lib/libnvrtc.so.[0-9]*")
     if(_condnum_nvrtc)
       list(GET _condnum_nvrtc 0 _condnum_nvrtc)
       get_filename_component(_condnum_nvrtc "${_condnum_nvrtc}" ABSOLUTE)

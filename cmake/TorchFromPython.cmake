@@ -1,7 +1,8 @@
 # The torch that Python imports, asked directly, as torch.utils.cpp_extension builds an
 # extension:
-#   CONDNUM_TORCH_CUDA  the CUDA version torch was built with ("" for a CPU build)
-#   CMAKE_PREFIX_PATH   gains torch's own, so find_package(Torch) finds this torch's config
+#   CONDNUM_TORCH_CUDA     the CUDA version torch was built with ("" for a CPU build)
+#   CONDNUM_TORCH_LIB_DIR  torch's library folder (torch/lib)
+#   CMAKE_PREFIX_PATH      gains torch's own, so find_package(Torch) finds this torch's config
 #   condnum_torch_without_config(target): an INTERFACE target with torch's headers, its C++
 #     libraries (c10, torch_cpu, torch) and its C++ ABI flag.
 # torch's own CMake config is needed only for the CUDA kernels (the torch_cuda target and
@@ -31,7 +32,7 @@ string(REGEX REPLACE "^.*@condnum-torch@\n" "" _condnum_torch "${_condnum_torch}
 string(REPLACE "\n" ";" _condnum_torch "${_condnum_torch}")
 list(GET _condnum_torch 0 _condnum_torch_includes)
 string(REPLACE "|" ";" _condnum_torch_includes "${_condnum_torch_includes}")
-list(GET _condnum_torch 1 _condnum_torch_lib_dir)
+list(GET _condnum_torch 1 CONDNUM_TORCH_LIB_DIR)
 list(GET _condnum_torch 2 _condnum_torch_cxx11_abi)
 list(GET _condnum_torch 3 CONDNUM_TORCH_CUDA)
 list(GET _condnum_torch 4 _condnum_torch_prefix)
@@ -44,9 +45,9 @@ function(condnum_torch_without_config target)
   add_library(${target} INTERFACE)
   target_include_directories(${target} SYSTEM INTERFACE ${_condnum_torch_includes})
   foreach(lib IN ITEMS torch torch_cpu c10)
-    find_library(_condnum_lib ${lib} PATHS "${_condnum_torch_lib_dir}" NO_DEFAULT_PATH NO_CACHE)
+    find_library(_condnum_lib ${lib} PATHS "${CONDNUM_TORCH_LIB_DIR}" NO_DEFAULT_PATH NO_CACHE)
     if(NOT _condnum_lib)
-      message(FATAL_ERROR "condnum: no lib${lib} in ${_condnum_torch_lib_dir}")
+      message(FATAL_ERROR "condnum: no lib${lib} in ${CONDNUM_TORCH_LIB_DIR}")
     endif()
     target_link_libraries(${target} INTERFACE "${_condnum_lib}")
     unset(_condnum_lib)

@@ -96,8 +96,8 @@ _PORTABLE = {
     "r_well": regularizers.r_well,
     "_r_well_backward": regularizers.r_well_backward,
 }
-_PRODUCTS = ("gram", "covariance")  # float64 only where torch may lower float32 matmuls,
-# or to symmetrise K
+# The products reach float64 only where torch may lower float32 matmuls, or to symmetrise K.
+_PRODUCTS = ("gram", "covariance")
 #: op name -> portable implementation.
 IMPLEMENTATIONS = {
     name: fn if name in _PRODUCTS else _on_float64_device(name, fn)
